@@ -1,0 +1,120 @@
+"""The one settings class of endodoc, read from `ENDODOC_*` environment variables."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ProfileName = Literal["lite", "dinov2-gastronet", "dinov2", "gastronet"]
+
+
+def default_data_dir() -> Path:
+    """Return the per-user data directory: `$XDG_DATA_HOME/endodoc` or `~/.local/share/endodoc`."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "endodoc"
+
+
+class ModelSettings(BaseModel):
+    """Embedding model: profile, weight files and inference options."""
+
+    profile: ProfileName | None = Field(
+        default=None,
+        description="Model profile. Unset: `dinov2-gastronet` when both weight files are set, else `lite`.",
+    )
+    dinov2_weights: Path | None = Field(default=None, description="DINOv2 ViT-S/14 reg4 weight file.")
+    gastronet_weights: Path | None = Field(default=None, description="GastroNet-5M ViT-S/16 weight file.")
+    hub_download: bool = Field(
+        default=False, description="Allow DINOv2 weights from the timm hub when no file is set (needs network)."
+    )
+    random_weights: bool = Field(
+        default=False, description="Initialise backbones randomly when no weights are set (tests only)."
+    )
+    checkpoint: Path | None = Field(default=None, description="Trained checkpoint (adapters and fusion head).")
+    batch_size: int = Field(default=32, ge=1, le=1024)
+    device: str = Field(default="auto", description="`auto`, `cpu`, `cuda` or `cuda:N`.")
+    num_threads: int | None = Field(default=None, ge=1, description="torch CPU threads; unset keeps torch's default.")
+
+    def resolved_profile(self) -> ProfileName:
+        """Return the configured profile, or pick one from the weight files that are set."""
+        if self.profile is not None:
+            return self.profile
+        if self.dinov2_weights is not None and self.gastronet_weights is not None:
+            return "dinov2-gastronet"
+        return "lite"
+
+
+class CoverageSettings(BaseModel):
+    """Landmark labelling by weighted k-NN over the reference gallery."""
+
+    knn_k: int = Field(default=10, ge=1, le=200, description="Reference neighbours that vote on a label.")
+    knn_temperature: float = Field(
+        default=0.05, gt=0, description="Softmax temperature over cosine similarities for vote weights."
+    )
+    min_score: float = Field(
+        default=0.5, ge=0, le=1, description="Vote share a label needs before it documents a landmark."
+    )
+    evidence_count: int = Field(default=3, ge=1, le=20, description="Reference neighbours kept as evidence.")
+
+
+class Settings(BaseSettings):
+    """endodoc settings. Unset URLs mean the embedded deployment inside `data_dir`."""
+
+    model_config = SettingsConfigDict(env_prefix="ENDODOC_", env_nested_delimiter="__", extra="ignore")
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; unset: SQLite in data_dir.")
+    qdrant_url: str | None = Field(default=None, description="Qdrant server URL; unset: qdrant-edge in data_dir.")
+    qdrant_api_key: str | None = None
+    qdrant_timeout_s: float = Field(default=10.0, gt=0)
+    broker_url: str | None = Field(default=None, description="Celery broker URL; unset: tasks run in process.")
+    blob_dir: Path | None = Field(default=None, description="Image blob folder; unset: data_dir/blobs.")
+
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    coverage: CoverageSettings = Field(default_factory=CoverageSettings)
+
+    upload_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1, description="Largest upload request body.")
+    upload_max_files: int = Field(default=200, ge=1, description="Most files in one upload request.")
+    image_max_pixels: int = Field(
+        default=40_000_000, ge=1, description="Largest decoded image in pixels (decompression bomb guard)."
+    )
+    task_time_limit_s: int = Field(default=600, ge=1)
+
+    @property
+    def embedded(self) -> bool:
+        """Return True when no server URL is set and everything runs in this process."""
+        return self.database_url is None and self.qdrant_url is None and self.broker_url is None
+
+    @property
+    def resolved_database_url(self) -> str:
+        """Return the database URL, normalised to psycopg 3 for PostgreSQL."""
+        if self.database_url is None:
+            return f"sqlite:///{self.data_dir / 'endodoc.sqlite3'}"
+        return normalise_database_url(self.database_url)
+
+    @property
+    def resolved_blob_dir(self) -> Path:
+        return self.blob_dir if self.blob_dir is not None else self.data_dir / "blobs"
+
+    @property
+    def vector_dir(self) -> Path:
+        """Return the qdrant-edge shard folder of the embedded deployment."""
+        return self.data_dir / "vectors"
+
+
+def normalise_database_url(url: str) -> str:
+    """Point plain `postgresql://` and `postgres://` URLs at the psycopg 3 driver."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Return the process-wide settings, read once from the environment."""
+    return Settings()
