@@ -1,0 +1,127 @@
+"""Coverage of a procedure: which required landmarks are documented, by which image."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from sqlalchemy import and_, select
+from sqlalchemy.orm import Session
+
+from services.catalog.models import Image, ImageStatus, Prediction, Procedure
+from services.coverage.landmarks import get_landmark_set
+
+LandmarkStatus = Literal["documented", "missing", "pending"]
+
+
+@dataclass(frozen=True)
+class LandmarkCoverage:
+    """One required landmark: documented by its best image, missing, or pending on queued images."""
+
+    code: str
+    name: str
+    status: LandmarkStatus
+    image_id: str | None = None
+    score: float | None = None
+    evidence: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ObservedClass:
+    """A non-required class and how many of the procedure's images were labeled with it."""
+
+    code: str
+    name: str
+    count: int
+
+
+@dataclass(frozen=True)
+class CoverageReport:
+    """Documentation coverage of one procedure under one model version."""
+
+    procedure_id: str
+    external_id: str
+    landmark_set: str
+    model_version: str
+    coverage: float
+    landmarks: list[LandmarkCoverage]
+    observed: list[ObservedClass]
+    images: dict[str, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def procedure_coverage(
+    session: Session, procedure: Procedure, model_version: str, min_score: float
+) -> CoverageReport:
+    """Build the coverage report of `procedure` from its images' predictions under `model_version`.
+
+    A required landmark is documented by the image whose prediction names it with the highest
+    vote share, at least `min_score`. Without such an image it is pending while any image still
+    waits for a prediction of this model version, and missing otherwise.
+    """
+    landmark_set = get_landmark_set(procedure.landmark_set)
+    rows = session.execute(
+        select(Image, Prediction)
+        .outerjoin(Prediction, and_(Prediction.image_id == Image.id, Prediction.model_version == model_version))
+        .where(Image.procedure_id == procedure.id)
+        .order_by(Image.created_at, Image.id)
+    ).all()
+
+    status_counts = Counter(image.status.value for image, _ in rows)
+    waiting = any(
+        image.status == ImageStatus.QUEUED or (image.status == ImageStatus.EMBEDDED and prediction is None)
+        for image, prediction in rows
+    )
+    best: dict[str, Prediction] = {}
+    label_counts: Counter[str] = Counter()
+    for _image, prediction in rows:
+        if prediction is None:
+            continue
+        label_counts[prediction.landmark_code] += 1
+        if prediction.score < min_score:
+            continue
+        current = best.get(prediction.landmark_code)
+        if current is None or prediction.score > current.score:
+            best[prediction.landmark_code] = prediction
+
+    landmarks = []
+    for landmark in landmark_set.required:
+        prediction = best.get(landmark.code)
+        if prediction is not None:
+            landmarks.append(
+                LandmarkCoverage(
+                    code=landmark.code,
+                    name=landmark.name,
+                    status="documented",
+                    image_id=str(prediction.image_id),
+                    score=round(prediction.score, 4),
+                    evidence=list(prediction.evidence),
+                )
+            )
+        else:
+            landmarks.append(
+                LandmarkCoverage(code=landmark.code, name=landmark.name, status="pending" if waiting else "missing")
+            )
+
+    documented = sum(1 for item in landmarks if item.status == "documented")
+    return CoverageReport(
+        procedure_id=str(procedure.id),
+        external_id=procedure.external_id,
+        landmark_set=landmark_set.code,
+        model_version=model_version,
+        coverage=round(documented / len(landmarks), 4) if landmarks else 1.0,
+        landmarks=landmarks,
+        observed=[
+            ObservedClass(code=landmark.code, name=landmark.name, count=label_counts[landmark.code])
+            for landmark in landmark_set.observed
+        ],
+        images={status.value: status_counts.get(status.value, 0) for status in ImageStatus},
+    )
+
+
+def find_procedure(session: Session, procedure_id: uuid.UUID) -> Procedure | None:
+    return session.get(Procedure, procedure_id)
