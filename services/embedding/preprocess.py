@@ -1,0 +1,51 @@
+"""Image-to-tensor preprocessing built from a branch spec: square resize and normalisation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from services.embedding.images import to_rgb, upright
+from services.embedding.profiles import BranchSpec
+
+RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+@dataclass(frozen=True)
+class Transform:
+    """Resize the whole frame to a square and normalise with per-channel mean and std.
+
+    Endoscopy frames carry the scope view across the whole frame, so nothing is cropped and
+    the aspect ratio is not kept. Pillow's resize filters over the full source footprint,
+    which antialiases when shrinking.
+    """
+
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+
+    @classmethod
+    def for_branch(cls, spec: BranchSpec) -> Transform:
+        return cls(size=spec.input_size, mean=spec.mean, std=spec.std, interpolation=spec.interpolation)
+
+    def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Return a float32 batch of shape (n, 3, size, size)."""
+        pixels = np.empty((len(images), self.size, self.size, 3), dtype=np.uint8)
+        for row, image in enumerate(images):
+            pixels[row] = np.asarray(self.resize(image))
+        batch = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div_(255.0)
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
+        return batch.sub_(mean).div_(std)
+
+    def resize(self, image: Image.Image) -> Image.Image:
+        """Return the upright RGB image resized to size x size pixels."""
+        rgb = to_rgb(upright(image))
+        if rgb.size == (self.size, self.size):
+            return rgb
+        return rgb.resize((self.size, self.size), RESAMPLING[self.interpolation])
