@@ -1,0 +1,68 @@
+"""Content-addressed storage of image bytes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+
+class BlobNotFoundError(FileNotFoundError):
+    """A catalog row names a blob that the store does not have."""
+
+
+class BlobStore(Protocol):
+    """Stores bytes under keys derived from their sha256; writing the same key twice is harmless."""
+
+    def put(self, key: str, data: bytes) -> None: ...
+
+    def get(self, key: str) -> bytes: ...
+
+    def exists(self, key: str) -> bool: ...
+
+
+def blob_key(sha256: str) -> str:
+    """Return the key of content with this sha256: `ab/abcdef...` keeps folders small."""
+    if len(sha256) != 64 or any(char not in "0123456789abcdef" for char in sha256):
+        raise ValueError(f"invalid sha256 hex digest {sha256!r}")
+    return f"{sha256[:2]}/{sha256}"
+
+
+class FileBlobStore:
+    """Blobs as files under one folder; writes go to a temporary file, then an atomic rename."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise ValueError(f"blob key {key!r} points outside the blob folder {self.root}")
+        return path
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        if path.exists():
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
+        try:
+            with os.fdopen(handle, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+    def get(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise BlobNotFoundError(f"blob {key!r} is missing from {self.root}; restore the blob folder") from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).exists()
