@@ -76,6 +76,7 @@ class Image(Base):
     __table_args__ = (
         UniqueConstraint("procedure_id", "sha256", name="uq_images_procedure_sha256"),
         Index("ix_images_status", "status"),
+        Index("ix_images_status_changed_at", "status", "status_changed_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -89,6 +90,9 @@ class Image(Base):
     model_version: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     embedded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Embedding attempts started, so a task redelivered after worker crashes gives up in the end.
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    status_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     procedure: Mapped[Procedure] = relationship(back_populates="images")
     predictions: Mapped[list[Prediction]] = relationship(back_populates="image", cascade="all, delete-orphan")

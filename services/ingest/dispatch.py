@@ -6,6 +6,7 @@ import threading
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Protocol
 
 import structlog
@@ -38,7 +39,11 @@ def run_embedding(runtime: Runtime, image_ids: Sequence[uuid.UUID]) -> int:
             session.execute(
                 update(Image)
                 .where(Image.id.in_(image_ids), Image.status == ImageStatus.QUEUED)
-                .values(status=ImageStatus.FAILED, error=f"embedding failed: {type(error).__name__}: {error}")
+                .values(
+                    status=ImageStatus.FAILED,
+                    error=f"embedding failed: {type(error).__name__}: {error}",
+                    status_changed_at=datetime.now(UTC),
+                )
             )
         return 0
 

@@ -27,11 +27,9 @@ from services.embedding import InvalidImageError, open_image
 from services.ingest.blobs import BlobNotFoundError, blob_key
 from services.runtime import Runtime
 from services.vectors import VectorPoint
+from services.vectors.tenancy import payload_site, site_filter
 
 logger = structlog.get_logger(__name__)
-
-# Payload site id of references that every site's images are compared with.
-SHARED_SITE = "shared"
 
 Progress = Callable[[int], None]
 
@@ -139,12 +137,13 @@ def embed_images(
             except (InvalidImageError, BlobNotFoundError, ValueError) as error:
                 image.status = ImageStatus.FAILED
                 image.error = f"could not be read for embedding: {error}"
+                image.status_changed_at = datetime.now(UTC)
                 logger.warning("image_failed", image_id=str(image.id), error=str(error))
         if not decoded:
             continue
 
         vectors = embedder.embed([picture for _, picture in decoded])
-        site_filters = [{"site_id": [str(image.procedure.site_id), SHARED_SITE]} for image, _ in decoded]
+        site_filters = [site_filter(image.procedure.site_id, include_shared=True) for image, _ in decoded]
         neighbours = [
             runtime.vectors.search(references_collection, vector, coverage.knn_k, where)
             for vector, where in zip(vectors, site_filters, strict=True)
@@ -173,6 +172,7 @@ def embed_images(
             image.error = None
             image.model_version = model_version
             image.embedded_at = now
+            image.status_changed_at = now
         runtime.vectors.upsert(images_collection, points)
         session.flush()
         embedded += len(decoded)
@@ -226,8 +226,8 @@ def add_references(
 
     embedder = runtime.embedder
     _, references_collection = runtime.collections()
-    site_key = str(site.id) if site is not None else SHARED_SITE
     site_id = site.id if site is not None else None
+    site_key = payload_site(site_id)
     references = []
     for batch in _chunks(files, runtime.settings.model.batch_size):
         pending: list[tuple[ReferenceImage, PILImage.Image]] = []
