@@ -1,4 +1,4 @@
-"""Relational catalog: sites, procedures, images, predictions and reference images."""
+"""Relational catalog: sites, API keys, procedures, images, predictions, reviews and reference images."""
 
 from __future__ import annotations
 
@@ -127,4 +127,47 @@ class ReferenceImage(Base):
     label: Mapped[str] = mapped_column(String(64), index=True)
     sha256: Mapped[str] = mapped_column(String(64))
     blob_key: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The reviewed procedure image this reference was promoted from; null for gallery uploads.
+    source_image_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("images.id", ondelete="SET NULL"), index=True
+    )
+
+
+class ApiKey(Base):
+    """A site's API key. Only the sha256 of the secret is stored; the prefix identifies it in lists."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    site_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(16))
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ReviewAction(enum.StrEnum):
+    CONFIRM = "confirm"
+    CORRECT = "correct"
+
+
+class ImageReview(Base):
+    """A clinician's confirmation or correction of an image's landmark; the latest one counts."""
+
+    __tablename__ = "image_reviews"
+    __table_args__ = (Index("ix_image_reviews_image_created_at", "image_id", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    image_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    action: Mapped[ReviewAction] = mapped_column(_enum(ReviewAction, "review_action"))
+    landmark_code: Mapped[str] = mapped_column(String(64))
+    # The model's label when the review was made, and the model version that gave it.
+    predicted_code: Mapped[str | None] = mapped_column(String(64))
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    reviewer: Mapped[str] = mapped_column(String(200))
+    api_key_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
+    comment: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

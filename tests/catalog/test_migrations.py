@@ -9,7 +9,9 @@ from sqlalchemy import create_engine, inspect
 from services.catalog import migrate
 from services.catalog.models import Base
 
-TABLES = {"sites", "procedures", "images", "predictions", "reference_images", "alembic_version"}
+TABLES = {
+    "sites", "api_keys", "procedures", "images", "predictions", "image_reviews", "reference_images", "alembic_version"
+}
 
 
 def assert_schema_matches_models(database_url: str) -> None:
