@@ -85,6 +85,29 @@ class Settings(BaseSettings):
         default=40_000_000, ge=1, description="Largest decoded image in pixels (decompression bomb guard)."
     )
     task_time_limit_s: int = Field(default=600, ge=1)
+    broker_visibility_timeout_s: int | None = Field(
+        default=None,
+        ge=1,
+        description="Seconds before Redis redelivers an unacknowledged task; unset: twice task_time_limit_s.",
+    )
+    embed_max_attempts: int = Field(
+        default=3, ge=1, description="Embedding attempts per image before a worker crash marks it failed."
+    )
+    embed_max_retries: int = Field(
+        default=8, ge=0, description="Retries of an embedding task while Qdrant, PostgreSQL or Redis is unavailable."
+    )
+    reconcile_queued_after_s: int = Field(
+        default=900, ge=1, description="Age of a `queued` image after which reconciliation enqueues it again."
+    )
+    reconcile_interval_s: int = Field(default=600, ge=1, description="Period of the scheduled reconciliation task.")
+
+    @property
+    def resolved_visibility_timeout_s(self) -> int:
+        """Return the broker visibility timeout: the setting, or twice the task time limit."""
+        if self.broker_visibility_timeout_s is not None:
+            return self.broker_visibility_timeout_s
+        return 2 * self.task_time_limit_s
+
 
     @property
     def embedded(self) -> bool:
