@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ProfileName = Literal["lite", "dinov2-gastronet", "dinov2", "gastronet"]
@@ -81,6 +81,9 @@ class Settings(BaseSettings):
 
     upload_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1, description="Largest upload request body.")
     upload_max_files: int = Field(default=200, ge=1, description="Most files in one upload request.")
+    admin_api_key: SecretStr | None = Field(
+        default=None, description="Admin API key for site and key management; unset: no admin access."
+    )
     image_max_pixels: int = Field(
         default=40_000_000, ge=1, description="Largest decoded image in pixels (decompression bomb guard)."
     )

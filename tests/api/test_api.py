@@ -4,47 +4,14 @@ from __future__ import annotations
 
 import uuid
 
-import pytest
 from fastapi.testclient import TestClient
 
 from services.api.app import create_app
-from services.db import unit_of_work
-from services.ingest.dispatch import InProcessQueue, run_embedding
-from services.ingest.service import LabeledFile, UploadedFile, add_references
+from services.ingest.dispatch import run_embedding
+from tests.api.conftest import procedure_body, upload_files
 from tests.conftest import class_images
 
-PROCEDURE = {
-    "site": "api-site",
-    "external_id": "COL-0001",
-    "kind": "colonoscopy",
-    "landmark_set": "hyperkvasir-lower-gi",
-    "performed_at": "2026-11-30T09:15:00Z",
-}
-
-
-@pytest.fixture
-def queue(runtime):
-    queue = InProcessQueue(runtime)
-    yield queue
-    queue.close()
-
-
-@pytest.fixture
-def client(settings, runtime, queue, labeled_images):
-    """Return an API client whose shared gallery holds 6 references each of cecum and polyp."""
-    with unit_of_work(runtime.sessions) as session:
-        files = [
-            LabeledFile(label, UploadedFile(path.name, path.read_bytes()))
-            for label in ("normal-cecum", "polyp")
-            for path in class_images(labeled_images, label, 6)
-        ]
-        add_references(session, runtime, None, files)
-    with TestClient(create_app(settings, runtime=runtime, queue=queue)) as client:
-        yield client
-
-
-def upload_files(paths):
-    return [("files", (path.name, path.read_bytes(), "image/jpeg")) for path in paths]
+PROCEDURE = procedure_body()
 
 
 def test_healthz(client):
@@ -93,9 +60,9 @@ class HeldQueue:
         pass
 
 
-def test_coverage_is_pending_until_embedded(settings, runtime, client, labeled_images):
+def test_coverage_is_pending_until_embedded(settings, runtime, client, site_a, labeled_images):
     held = HeldQueue()
-    with TestClient(create_app(settings, runtime=runtime, queue=held)) as held_client:
+    with TestClient(create_app(settings, runtime=runtime, queue=held), headers=site_a.headers) as held_client:
         procedure_id = held_client.post("/v1/procedures", json=PROCEDURE).json()["id"]
         paths = class_images(labeled_images, "polyp", 7)[6:7]
         held_client.post(f"/v1/procedures/{procedure_id}/images", files=upload_files(paths))
