@@ -4,10 +4,10 @@ from alembic import context
 
 from services.catalog.models import Base
 from services.db import make_engine
-from services.settings import get_settings
+from services.settings import get_settings, normalise_database_url
 
 config = context.config
-database_url = config.attributes.get("database_url") or get_settings().resolved_database_url
+database_url = normalise_database_url(config.attributes.get("database_url") or get_settings().resolved_database_url)
 
 
 def run_migrations_offline() -> None:

@@ -233,6 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.set_defaults(handler=cmd_serve)
+
+    from services.ingest.commands import add_commands as add_ingest_commands
+
+    add_ingest_commands(commands)
+    from services.embedding.commands import add_commands as add_embedding_commands
+
+    add_embedding_commands(commands)
     return parser
 
 

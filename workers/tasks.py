@@ -5,13 +5,21 @@ from __future__ import annotations
 import threading
 import uuid
 
-from services.ingest.dispatch import run_embedding
+import structlog
+from celery import Task
+
+from services.ingest.dispatch import EMBED_TASK, embed_claimed, is_transient
 from services.runtime import Runtime
 from services.settings import get_settings
-from workers.celery_app import app
+from workers.celery_app import RECONCILE_TASK, app
+
+logger = structlog.get_logger(__name__)
 
 _runtime: Runtime | None = None
 _runtime_lock = threading.Lock()
+
+# Retry delays grow 2, 4, 8 ... seconds up to this cap while a service is unavailable.
+RETRY_BACKOFF_MAX_S = 120
 
 
 def worker_runtime() -> Runtime:
@@ -23,7 +31,34 @@ def worker_runtime() -> Runtime:
         return _runtime
 
 
-@app.task(name="endodoc.embed_images")
-def embed_images_task(image_ids: list[str]) -> int:
-    """Embed, index and label queued images; safe to run twice."""
-    return run_embedding(worker_runtime(), [uuid.UUID(image_id) for image_id in image_ids])
+def retry_delay_s(retries: int) -> int:
+    """Return the delay before retry number `retries + 1`: 2 s doubling up to RETRY_BACKOFF_MAX_S."""
+    return min(RETRY_BACKOFF_MAX_S, 2 ** (retries + 1))
+
+
+@app.task(name=EMBED_TASK, bind=True, max_retries=None)
+def embed_images_task(self: Task, image_ids: list[str]) -> int:
+    """Embed, index and label queued images; safe to run twice or after a redelivery."""
+    ids = [uuid.UUID(image_id) for image_id in image_ids]
+    try:
+        return embed_claimed(worker_runtime(), ids)
+    except Exception as error:
+        max_retries = worker_runtime().settings.embed_max_retries
+        if not is_transient(error) or self.request.retries >= max_retries:
+            # The images stay `queued`: reconciliation enqueues them again once the service is back.
+            raise
+        delay_s = retry_delay_s(self.request.retries)
+        logger.warning("embed_task_retry", image_ids=image_ids, retries=self.request.retries, delay_s=delay_s,
+                       error=str(error))
+        raise self.retry(exc=error, countdown=delay_s) from error
+
+
+@app.task(name=RECONCILE_TASK)
+def reconcile_task() -> dict:
+    """Repair the catalog and the vector index where they disagree; scheduled by Celery beat."""
+    from services.ingest.dispatch import CeleryQueue
+    from services.ingest.reconcile import reconcile
+
+    runtime = worker_runtime()
+    queue = CeleryQueue(runtime.settings, app=app)
+    return reconcile(runtime, queue).as_dict()

@@ -119,8 +119,14 @@ def embed_images(
     images_collection, references_collection = runtime.collections()
     coverage = runtime.settings.coverage
 
+    # Row locks (PostgreSQL) make a second task for the same images wait for this transaction,
+    # then see them `embedded` and skip them, so each image gets one prediction per model version.
     images = session.scalars(
-        select(Image).where(Image.id.in_(image_ids)).options(selectinload(Image.procedure))
+        select(Image)
+        .where(Image.id.in_(image_ids))
+        .order_by(Image.id)
+        .options(selectinload(Image.procedure))
+        .with_for_update(of=Image)
     ).all()
     todo = [
         image

@@ -31,8 +31,13 @@ logger = structlog.get_logger(__name__)
 # `site_id` is the tenant key: Qdrant co-locates each site's points when it is marked `is_tenant`.
 KEYWORD_FIELDS = {"site_id": True, "procedure_id": False, "label": False}
 
-# Points per upsert request, which keeps each request body small (256 x 512 floats is roughly 1.3 MB of JSON).
+# Upsert requests end at this many points or this many bytes of estimated JSON, whichever
+# comes first. Qdrant's default request body limit is 32 MiB (`service.max_request_size_mb`).
 UPSERT_BATCH_SIZE = 256
+UPSERT_BATCH_BYTES = 8 * 1024 * 1024
+
+# A float32 written as JSON by qdrant-client takes up to about 24 characters with its separator.
+_JSON_BYTES_PER_FLOAT = 24
 
 _FIX_UNREACHABLE = "start Qdrant there or set ENDODOC_QDRANT_URL to a running server"
 
@@ -92,10 +97,48 @@ class QdrantServerIndex:
             point_id, vector, payload = check_point(point, dim, collection)
             structs.append(models.PointStruct(id=point_id, vector=vector.tolist(), payload=payload))
 
-        for start in range(0, len(structs), UPSERT_BATCH_SIZE):
-            batch = structs[start : start + UPSERT_BATCH_SIZE]
+        for batch in upsert_batches(structs, UPSERT_BATCH_SIZE, UPSERT_BATCH_BYTES):
             with self._errors(collection, "upsert"):
                 self._client.upsert(collection_name=collection, points=batch, wait=True)
+
+    def iter_point_ids(self, collection: str, page_size: int = 500) -> Iterator[uuid.UUID]:
+        """Yield every point id of `collection`, one scroll request per page."""
+        self._dim(collection)
+        offset: models.ExtendedPointId | None = None
+        while True:
+            with self._errors(collection, "scroll"):
+                records, offset = self._client.scroll(
+                    collection_name=collection, limit=page_size, offset=offset, with_payload=False, with_vectors=False
+                )
+            for record in records:
+                yield uuid.UUID(str(record.id))
+            if offset is None:
+                return
+
+    def switch_alias(self, alias: str, collection: str) -> str | None:
+        """Point `alias` at `collection` in one atomic request; return the collection it named before."""
+        check_collection_name(alias)
+        self._dim(collection)
+        previous = self.alias_target(alias)
+        actions: list[models.AliasOperations] = []
+        if previous is not None:
+            actions.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias)))
+        actions.append(
+            models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name=collection, alias_name=alias))
+        )
+        with self._errors(collection, "update_collection_aliases"):
+            self._client.update_collection_aliases(change_aliases_operations=actions)
+        logger.info("vector_alias_switched", alias=alias, collection=collection, previous=previous)
+        return previous
+
+    def alias_target(self, alias: str) -> str | None:
+        """Return the collection `alias` names, or None when no such alias exists."""
+        with self._errors(alias, "get_aliases"):
+            aliases = self._client.get_aliases().aliases
+        for description in aliases:
+            if description.alias_name == alias:
+                return description.collection_name
+        return None
 
     def search(
         self, collection: str, vector: np.ndarray, limit: int, where: PayloadFilter | None = None
@@ -276,6 +319,34 @@ class QdrantServerIndex:
                 "runs there and is not overloaded, or raise ENDODOC_QDRANT_TIMEOUT_S"
             )
         return f"cannot reach Qdrant at {self._location} during {action} ({source!r}): {_FIX_UNREACHABLE}"
+
+
+def upsert_batches(
+    points: Sequence[models.PointStruct], max_count: int, max_bytes: int
+) -> Iterator[list[models.PointStruct]]:
+    """Split points into batches of at most `max_count` points and about `max_bytes` of JSON each.
+
+    A single point larger than `max_bytes` still goes alone in its own batch.
+    """
+    batch: list[models.PointStruct] = []
+    batch_bytes = 0
+    for point in points:
+        size = _estimate_json_bytes(point)
+        if batch and (len(batch) >= max_count or batch_bytes + size > max_bytes):
+            yield batch
+            batch, batch_bytes = [], 0
+        batch.append(point)
+        batch_bytes += size
+    if batch:
+        yield batch
+
+
+def _estimate_json_bytes(point: models.PointStruct) -> int:
+    """Estimate the JSON size of one point from its vector length and payload strings."""
+    vector = point.vector if isinstance(point.vector, list) else []
+    payload = point.payload or {}
+    payload_bytes = sum(len(str(key)) + len(str(value)) + 8 for key, value in payload.items())
+    return 64 + _JSON_BYTES_PER_FLOAT * len(vector) + payload_bytes
 
 
 def _describe_client(client: QdrantClient) -> str:
