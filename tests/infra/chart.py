@@ -10,6 +10,8 @@ from typing import Any
 import helm_python as helm
 import yaml
 
+from services.settings import CoverageSettings, ModelSettings, Settings
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO_ROOT / "infra" / "helm" / "endodoc"
 SITES_DIR = REPO_ROOT / "infra" / "sites"
@@ -20,6 +22,22 @@ NAMESPACE = "endodoc"
 SENTINEL_DATABASE_URL = "postgresql://endodoc:db-sentinel-5f2c@postgres.example:5432/endodoc"
 SENTINEL_REDIS_PASSWORD = "redis-sentinel-9a41"
 SENTINEL_QDRANT_API_KEY = "qdrant-sentinel-77d0"
+
+# Variables the code reads outside the Settings class.
+NON_SETTINGS_VARIABLES = {"ENDODOC_LOG_LEVEL"}
+NESTED_SETTINGS = {"model": ModelSettings, "coverage": CoverageSettings}
+
+
+def is_settings_variable(name: str) -> bool:
+    """Return True when `name` is an ENDODOC_ variable that endodoc reads."""
+    if name in NON_SETTINGS_VARIABLES:
+        return True
+    field, _, nested = name.removeprefix("ENDODOC_").lower().partition("__")
+    if field not in Settings.model_fields:
+        return False
+    if not nested:
+        return True
+    return field in NESTED_SETTINGS and nested in NESTED_SETTINGS[field].model_fields
 
 
 def site_names() -> list[str]:
