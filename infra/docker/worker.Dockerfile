@@ -62,5 +62,5 @@ ENV PATH=/opt/endodoc/bin:$PATH \
 
 USER 10001:10001
 WORKDIR /var/lib/endodoc/scratch
-# prefork with one child: the parent answers pings and enforces the task time limit.
-CMD ["celery", "--app=workers.celery_app", "worker", "--queues=embed", "--pool=prefork", "--concurrency=1"]
+# One solo-pool Celery worker on one GPU; it loads the model before it takes tasks.
+CMD ["endodoc", "worker", "--queues=embed"]

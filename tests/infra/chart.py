@@ -22,6 +22,7 @@ NAMESPACE = "endodoc"
 SENTINEL_DATABASE_URL = "postgresql://endodoc:db-sentinel-5f2c@postgres.example:5432/endodoc"
 SENTINEL_REDIS_PASSWORD = "redis-sentinel-9a41"
 SENTINEL_QDRANT_API_KEY = "qdrant-sentinel-77d0"
+SENTINEL_ADMIN_API_KEY = "admin-sentinel-31be"
 
 # Variables the code reads outside the Settings class.
 NON_SETTINGS_VARIABLES = {"ENDODOC_LOG_LEVEL"}
@@ -66,11 +67,13 @@ def with_chart_secrets(values: dict[str, Any]) -> dict[str, Any]:
         {
             "redis": {"auth": True},
             "qdrantExternal": {"auth": True},
+            "api": {"adminAccess": True},
             "secrets": {
                 "existingSecret": "",
                 "databaseUrl": SENTINEL_DATABASE_URL,
                 "redisPassword": SENTINEL_REDIS_PASSWORD,
                 "qdrantApiKey": SENTINEL_QDRANT_API_KEY,
+                "adminApiKey": SENTINEL_ADMIN_API_KEY,
             },
         },
     )

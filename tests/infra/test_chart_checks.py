@@ -12,6 +12,7 @@ import helm_python as helm
 import pytest
 
 from tests.infra.chart import (
+    SENTINEL_ADMIN_API_KEY,
     SENTINEL_DATABASE_URL,
     SENTINEL_QDRANT_API_KEY,
     SENTINEL_REDIS_PASSWORD,
@@ -25,10 +26,10 @@ from tests.infra.chart import (
     site_values,
     with_chart_secrets,
 )
-from workers.celery_app import EMBED_QUEUE
+from services.ingest.dispatch import EMBED_QUEUE
 
 SITES = site_names()
-SENTINELS = [SENTINEL_DATABASE_URL, SENTINEL_REDIS_PASSWORD, SENTINEL_QDRANT_API_KEY]
+SENTINELS = [SENTINEL_DATABASE_URL, SENTINEL_REDIS_PASSWORD, SENTINEL_QDRANT_API_KEY, SENTINEL_ADMIN_API_KEY]
 WORKER = "endodoc-worker"
 
 
@@ -58,7 +59,7 @@ def test_worker_containers_have_one_gpu_each(site):
     for container in containers:
         assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
         assert "nvidia.com/gpu" not in container["resources"].get("requests", {})
-        assert command_option(container, "concurrency") == "1"
+        assert container["command"][:2] == ["endodoc", "worker"]
         assert env_of(container)["ENDODOC_MODEL__DEVICE"]["value"] == "cuda"
     hostnames = [command_option(container, "hostname") for container in containers]
     assert len(set(hostnames)) == len(hostnames)
@@ -381,3 +382,14 @@ def test_sites_show_both_deployment_modes():
     modes = {site_values(site)["site"]["mode"] for site in SITES}
 
     assert modes == {"central", "dedicated"}
+
+
+def test_admin_key_reaches_only_api():
+    rendering = render(with_chart_secrets(site_values("hospital-b")))
+
+    for resource, spec in workload_pods(rendering):
+        for container in spec["containers"]:
+            has_key = "ENDODOC_ADMIN_API_KEY" in env_of(container)
+            assert has_key == (resource.name == "endodoc-api"), resource.name
+    [api] = pod_spec(rendering.one("Deployment", "endodoc-api"))["containers"]
+    assert env_of(api)["ENDODOC_ADMIN_API_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "admin-api-key"

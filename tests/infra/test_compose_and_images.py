@@ -17,7 +17,7 @@ import yaml
 
 from services.settings import Settings
 from tests.infra.chart import REPO_ROOT, is_settings_variable
-from workers.celery_app import EMBED_QUEUE
+from services.ingest.dispatch import EMBED_QUEUE
 
 COMPOSE_FILE = REPO_ROOT / "infra" / "compose" / "compose.yaml"
 DOCKER_DIR = REPO_ROOT / "infra" / "docker"
@@ -97,8 +97,7 @@ def test_image_copies_every_package(dockerfile):
 def test_worker_image_consumes_embed_queue():
     [command] = [line for line in final_stage(DOCKER_DIR / "worker.Dockerfile") if line.startswith("CMD ")]
 
-    assert f'"--queues={EMBED_QUEUE}"' in command
-    assert '"--concurrency=1"' in command
+    assert command == f'CMD ["endodoc", "worker", "--queues={EMBED_QUEUE}"]'
 
 
 def test_worker_image_has_cuda_base():
@@ -154,8 +153,7 @@ def test_compose_workers_consume_embed_queue(compose, service):
     worker = compose["services"][service]
     task_time_limit_s = int(interpolation_default(worker["environment"]["ENDODOC_TASK_TIME_LIMIT_S"]))
 
-    assert f"--queues={EMBED_QUEUE}" in worker["command"]
-    assert "--concurrency=1" in worker["command"]
+    assert worker["command"] == ["endodoc", "worker", f"--queues={EMBED_QUEUE}"]
     assert int(worker["stop_grace_period"].removesuffix("s")) > task_time_limit_s
 
 
