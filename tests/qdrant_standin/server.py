@@ -6,8 +6,9 @@ worker processes share one local-mode store over the Qdrant REST API, so the pro
 backend (`QdrantServerIndex.from_url`) talks HTTP exactly as it would to a real server.
 
 It serves only the REST paths that endodoc's server backend sends. It does not cover:
-payload indexes (local mode stores them but searches without them), `is_tenant`
-co-location, clustering, sharding, replication, snapshots, API keys and gRPC.
+payload indexes (it records each index request and reports it back in the collection info
+as a server does, but searches scan every point), `is_tenant` co-location, clustering,
+sharding, replication, snapshots, API keys and gRPC.
 
 Run: `python tests/qdrant_standin/server.py --path DIR [--port 0]`. It prints
 `listening on http://127.0.0.1:PORT` on its first line of standard output.
@@ -31,6 +32,10 @@ from qdrant_client import QdrantClient
 from qdrant_client.http import models
 
 Handler = Callable[[QdrantClient, str, dict[str, Any]], Any]
+
+# Payload index requests per collection, reported back in the collection info. Local mode
+# (qdrant-client 1.20.0) accepts `create_payload_index` but neither keeps nor reports it.
+PAYLOAD_INDEXES: dict[str, dict[str, Any]] = {}
 
 
 class NotFoundError(Exception):
@@ -63,7 +68,9 @@ def _collection_exists(client: QdrantClient, name: str, body: dict) -> Any:
 
 def _get_collection(client: QdrantClient, name: str, body: dict) -> Any:
     _require(client, name)
-    return client.get_collection(name)
+    info = _jsonable(client.get_collection(name))
+    info["payload_schema"] = dict(PAYLOAD_INDEXES.get(name, {}))
+    return info
 
 
 def _list_collections(client: QdrantClient, name: str, body: dict) -> Any:
@@ -79,13 +86,21 @@ def _create_collection(client: QdrantClient, name: str, body: dict) -> Any:
 
 
 def _delete_collection(client: QdrantClient, name: str, body: dict) -> Any:
+    PAYLOAD_INDEXES.pop(name, None)
     return client.delete_collection(name)
 
 
 def _create_index(client: QdrantClient, name: str, body: dict) -> Any:
     _require(client, name)
     request = models.CreateFieldIndex.model_validate(body)
-    client.create_payload_index(name, field_name=request.field_name, field_schema=request.field_schema)
+    schema = request.field_schema
+    if isinstance(schema, models.KeywordIndexParams):
+        info = models.PayloadIndexInfo(data_type=models.PayloadSchemaType.KEYWORD, params=schema, points=0)
+    elif isinstance(schema, models.PayloadSchemaType):
+        info = models.PayloadIndexInfo(data_type=schema, points=0)
+    else:
+        raise ValueError(f"the stand-in records only keyword payload indexes, got {schema!r}")
+    PAYLOAD_INDEXES.setdefault(name, {})[request.field_name] = _jsonable(info)
     return _completed()
 
 
