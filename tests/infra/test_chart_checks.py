@@ -393,3 +393,52 @@ def test_admin_key_reaches_only_api():
             assert has_key == (resource.name == "endodoc-api"), resource.name
     [api] = pod_spec(rendering.one("Deployment", "endodoc-api"))["containers"]
     assert env_of(api)["ENDODOC_ADMIN_API_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "admin-api-key"
+
+
+REINDEX = {
+    "reindex": {
+        "enabled": True,
+        "runId": "2027-01-15",
+        "switchAliases": False,
+        "model": {"profile": "dinov2-gastronet", "checkpoint": "checkpoints/fusion-v2.safetensors"},
+    }
+}
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_reindex_job_runs_new_model_on_gpu(site):
+    values = merge(site_values(site), REINDEX)
+    rendering = render(values)
+
+    job = rendering.one("Job", "endodoc-reindex-2027-01-15")
+    [container] = pod_spec(job)["containers"]
+    assert container["command"] == ["endodoc", "reindex", "--no-switch"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod_spec(job)["nodeSelector"]["nvidia.com/gpu.present"] == "true"
+    env = env_of(container)
+    assert env["ENDODOC_MODEL__CHECKPOINT"]["value"] == "/models/checkpoints/fusion-v2.safetensors"
+    assert env["ENDODOC_MODEL__DEVICE"]["value"] == "cuda"
+    # The running deployment keeps its model until the release's `model` block changes.
+    settings = rendering.one("ConfigMap", "endodoc-settings").body["data"]
+    assert "ENDODOC_MODEL__CHECKPOINT" not in settings
+
+
+def test_reindex_job_switches_aliases_by_default():
+    values = merge(site_values("hospital-b"), merge(REINDEX, {"reindex": {"switchAliases": True}}))
+
+    job = render(values).one("Job", "endodoc-reindex-2027-01-15")
+
+    assert pod_spec(job)["containers"][0]["command"] == ["endodoc", "reindex"]
+
+
+def test_reindex_job_needs_run_id():
+    values = merge(site_values("hospital-b"), {"reindex": {"enabled": True}})
+
+    with pytest.raises(helm.HelmError, match="runId"):
+        render(values)
+
+
+def test_reindex_job_absent_by_default():
+    rendering = render(site_values("hospital-b"))
+
+    assert [job.name for job in rendering.of_kind("Job")] == ["endodoc-migration"]

@@ -157,3 +157,11 @@ def test_rendered_documents_are_plain_yaml():
     for template, text in rendering.texts.items():
         if template.endswith(".yaml"):
             assert list(yaml.safe_load_all(text)) is not None
+
+
+def test_reindex_job_passes_validation():
+    values = merge(site_values("central"), {"reindex": {"enabled": True, "runId": "r1", "model": {"checkpoint": "v2.st"}}})
+    rendering = render(values)
+
+    assert len(rendering.of_kind("Job")) == 2
+    validate_builtin(rendering.resources)

@@ -162,3 +162,32 @@ env:
 - name: tmp
   emptyDir: {}
 {{- end -}}
+
+{{/* Resources of one worker container: worker.resources plus one GPU when GPUs are on. */}}
+{{- define "endodoc.gpuResources" -}}
+{{- $resources := deepCopy .Values.worker.resources -}}
+{{- if .Values.worker.gpu.enabled -}}
+{{- $limits := default (dict) $resources.limits -}}
+{{- $_ := set $limits .Values.worker.gpu.resourceName 1 -}}
+{{- $_ := set $resources "limits" $limits -}}
+{{- end -}}
+{{- toYaml $resources -}}
+{{- end -}}
+
+{{/* nodeSelector and tolerations of GPU pods: the worker's own plus the GPU node ones. */}}
+{{- define "endodoc.gpuScheduling" -}}
+{{- $nodeSelector := deepCopy .Values.worker.nodeSelector -}}
+{{- $tolerations := .Values.worker.tolerations -}}
+{{- if .Values.worker.gpu.enabled -}}
+{{- $nodeSelector = merge $nodeSelector .Values.worker.gpu.nodeSelector -}}
+{{- $tolerations = concat .Values.worker.gpu.tolerations .Values.worker.tolerations -}}
+{{- end -}}
+{{- with $nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
