@@ -42,7 +42,7 @@ class ScrollableIndex(Protocol):
 
 @dataclass
 class ReconcileReport:
-    """What one reconciliation run found and repaired."""
+    """Counts of the disagreements one reconciliation run found and repaired."""
 
     embedded_without_point: int = 0
     orphan_image_points: int = 0

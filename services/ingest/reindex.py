@@ -4,8 +4,8 @@ Each model version has its own collections (`images__<version>`, `references__<v
 so reindexing never touches the vectors the running API and workers use. When every
 reference and every embedded image has a point in the new collections, the aliases
 `images` and `references` move to them in one request each. The endodoc API and workers pick
-collections by their own model version; the aliases name the active embedding space for
-everything else that reads Qdrant (dashboards, exports, ad-hoc queries).
+collections by their own model version. The aliases tell every other Qdrant reader
+(dashboards, exports, ad-hoc queries) which embedding space is current.
 
 Running it again continues where it stopped: images already embedded under the new model
 version are skipped, and reference points are upserted by id.

@@ -194,12 +194,12 @@ def production_runtime(stack: Stack, lite_embedder) -> Iterator:
     runtime.close()
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, logs: list[Path] | None = None) -> None:
-    """Poll `condition` every 0.2 s until it holds; fail naming `what` and the worker log tails."""
+def wait_for(condition: Callable[[], bool], timeout_s: float, description: str, logs: list[Path] | None = None) -> None:
+    """Poll `condition` every 0.2 s until it holds, or fail with `description` and the worker log tails."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if condition():
             return
         time.sleep(0.2)
     tails = "\n".join(f"--- {log.name}\n{log.read_text()[-2000:]}" for log in logs or [])
-    pytest.fail(f"timed out after {timeout_s} s waiting for {what}\n{tails}")
+    pytest.fail(f"timed out after {timeout_s} s waiting for {description}\n{tails}")

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ValidationError
 from qdrant_client import QdrantClient
@@ -230,6 +230,7 @@ class RequestHandler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         started = time.perf_counter()
+        # Query parameters such as `wait` and `timeout` are ignored because local mode applies every change at once.
         parts = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
@@ -249,7 +250,6 @@ class RequestHandler(BaseHTTPRequestHandler):
         except Exception as error:  # noqa: BLE001
             self._send(500, {"status": {"error": f"{type(error).__name__}: {error}"}, "time": 0.0})
             return
-        _ = parse_qs(parts.query)  # `wait` and `timeout` are accepted; local mode always applies at once.
         self._send(200, {"result": _jsonable(result), "status": "ok", "time": time.perf_counter() - started})
 
     def _route(self, method: str, path: str) -> tuple[Handler, str]:
