@@ -25,7 +25,7 @@ from services.api.schemas import (
     UploadPublic,
 )
 from services.api.uploads import as_uploaded, check_upload, read_limited_form, record_rejected
-from services.catalog.models import Image, ImageStatus
+from services.catalog.models import Image, ImageStatus, ReferenceImage
 from services.catalog.promotion import promote_image
 from services.catalog.reviews import image_reviews, latest_reviews, record_review
 from services.db import unit_of_work
@@ -164,7 +164,7 @@ def get_image(image_id: uuid.UUID, principal: PrincipalDep, session: SessionDep,
     return _image_public(session, image_for(session, principal, image_id), runtime.model_version)
 
 
-def render_thumbnail(runtime: Runtime, image: Image, size: int) -> bytes:
+def render_thumbnail(runtime: Runtime, image: Image | ReferenceImage, size: int) -> bytes:
     """Return a JPEG of at most `size` x `size` pixels, or raise 404 when the image has no stored file."""
     if image.blob_key is None:
         raise ApiError(404, "not_found", f"image {image.id} has no stored file ({image.status.value}: {image.error})")
@@ -199,6 +199,40 @@ def get_thumbnail(
     image = image_for(session, principal, image_id)
     return Response(
         render_thumbnail(runtime, image, size),
+        media_type="image/jpeg",
+        headers={"Cache-Control": "private, max-age=3600"},
+    )
+
+
+def reference_for(session: Session, principal: Principal, reference_id: uuid.UUID) -> ReferenceImage:
+    """Return a reference image of the shared gallery or of the caller's site; 404 or 403 otherwise."""
+    reference = session.get(ReferenceImage, reference_id)
+    if reference is None:
+        raise ApiError(404, "not_found", f"reference image {reference_id} not found")
+    if reference.site_id is not None:
+        principal.require_site(reference.site_id)
+    return reference
+
+
+@router.get(
+    "/v1/references/{reference_id}/thumbnail",
+    tags=["images"],
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}}, "description": "A JPEG thumbnail"}},
+)
+def get_reference_thumbnail(
+    reference_id: uuid.UUID,
+    principal: PrincipalDep,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    size: Annotated[int, Query(description=f"Longest side in pixels, one of {THUMBNAIL_SIZES}.")] = 256,
+) -> Response:
+    """Return a JPEG thumbnail of a reference image that supports a prediction (evidence)."""
+    if size not in THUMBNAIL_SIZES:
+        raise ApiError(422, "invalid_value", f"invalid thumbnail size {size}: use one of {list(THUMBNAIL_SIZES)}")
+    reference = reference_for(session, principal, reference_id)
+    return Response(
+        render_thumbnail(runtime, reference, size),
         media_type="image/jpeg",
         headers={"Cache-Control": "private, max-age=3600"},
     )
