@@ -313,11 +313,11 @@ def test_api_and_workers_share_blob_volume(site):
             assert not mounts[blob_dir].get("readOnly", False)
     assert len(claims) == 1
     [claim] = claims
-    made = rendering.get("PersistentVolumeClaim", claim)
+    created_claim = rendering.get("PersistentVolumeClaim", claim)
     if values["blobs"].get("existingClaim"):
-        assert made is None
+        assert created_claim is None
     else:
-        assert made.body["spec"]["accessModes"] == ["ReadWriteMany"]
+        assert created_claim.body["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
 @pytest.mark.parametrize("site", SITES)

@@ -19,7 +19,7 @@ from yamllint.config import YamlLintConfig
 
 from tests.infra.chart import CHART_DIR, REPO_ROOT, merge, render, site_names, site_values, with_chart_secrets
 
-# The chart's kubeVersion is >=1.29; 1.37 is the newest schema kubernetes-validate 1.37.0 ships.
+# The chart's kubeVersion is >=1.29, and 1.37 is the newest schema kubernetes-validate 1.37.0 ships.
 KUBERNETES_VERSIONS = ["1.29.0", "1.37.0"]
 CUSTOM_API_GROUPS = ("keda.sh/",)
 YAMLLINT_CONFIG = REPO_ROOT / "infra" / ".yamllint.yaml"
@@ -30,7 +30,7 @@ MISSING_QDRANT_DEPENDENCY = "chart directory is missing these dependencies: qdra
 
 
 def validate_builtin(resources) -> int:
-    """Validate every built-in resource in strict mode; return how many were validated."""
+    """Validate every built-in resource in strict mode and return how many were validated."""
     validated = 0
     for resource in resources:
         if resource.body["apiVersion"].startswith(CUSTOM_API_GROUPS):
