@@ -442,3 +442,27 @@ def test_reindex_job_absent_by_default():
     rendering = render(site_values("hospital-b"))
 
     assert [job.name for job in rendering.of_kind("Job")] == ["endodoc-migration"]
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_worker_liveness_outlasts_longest_task(site):
+    values = site_values(site)
+    rendering = render(values)
+    task_time_limit_s = values["settings"]["taskTimeLimitS"]
+
+    for container in worker_containers(rendering):
+        probe = container["livenessProbe"]
+        assert probe["periodSeconds"] * probe["failureThreshold"] > task_time_limit_s + 60
+        node_name = command_option(container, "hostname").replace("%h", "${HOSTNAME}")
+        for name in ("startupProbe", "livenessProbe"):
+            script = container[name]["exec"]["command"][-1]
+            assert f'--destination "{node_name}"' in script, name
+            assert "--app=workers.celery_app inspect ping" in script, name
+
+
+def test_worker_probes_can_be_disabled():
+    rendering = render(merge(site_values("hospital-b"), {"worker": {"livenessProbe": {"enabled": False}}}))
+
+    for container in worker_containers(rendering):
+        assert "livenessProbe" not in container
+        assert "startupProbe" not in container
