@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.api.errors import ERROR_RESPONSES, ApiError, error_response
 from services.api.routes import images, procedures, search, sites, ui
+from services.api.schemas import SearchRequest
 from services.catalog.queries import CatalogError
 from services.coverage.landmarks import UnknownLandmarkSetError
 from services.ingest.dispatch import EmbeddingQueue, make_queue
@@ -65,7 +66,27 @@ def create_app(
 
     for module in (sites, procedures, images, search, ui):
         app.include_router(module.router)
+    _add_manual_schemas(app)
     return app
+
+
+def _add_manual_schemas(app: FastAPI) -> None:
+    """Add the schemas of bodies that routes parse themselves (search takes JSON or multipart) to OpenAPI."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        body = SearchRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, definition in body.pop("$defs", {}).items():
+            components.setdefault(name, definition)
+        components["SearchRequest"] = body
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _add_error_handlers(app: FastAPI) -> None:
