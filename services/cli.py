@@ -240,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     from services.embedding.commands import add_commands as add_embedding_commands
 
     add_embedding_commands(commands)
+    from services.api.commands import add_commands as add_site_commands
+
+    add_site_commands(commands)
     return parser
 
 
