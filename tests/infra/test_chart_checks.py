@@ -400,7 +400,11 @@ REINDEX = {
         "enabled": True,
         "runId": "2027-01-15",
         "switchAliases": False,
-        "model": {"profile": "dinov2-gastronet", "checkpoint": "checkpoints/fusion-v2.safetensors"},
+        "model": {
+            "profile": "dinov2-gastronet-resnet50",
+            "gastronetResnet50Weights": "gastronet/resnet50.safetensors",
+            "checkpoint": "checkpoints/fusion-v2.safetensors",
+        },
     }
 }
 
@@ -417,6 +421,11 @@ def test_reindex_job_runs_new_model_on_gpu(site):
     assert pod_spec(job)["nodeSelector"]["nvidia.com/gpu.present"] == "true"
     env = env_of(container)
     assert env["ENDODOC_MODEL__CHECKPOINT"]["value"] == "/models/checkpoints/fusion-v2.safetensors"
+    assert env["ENDODOC_MODEL__GASTRONET_RESNET50_WEIGHTS"]["value"] == "/models/gastronet/resnet50.safetensors"
+    assert env["ENDODOC_MODEL__PROFILE"]["value"] == "dinov2-gastronet-resnet50"
+    for name in env:
+        if name.startswith("ENDODOC_"):
+            assert is_settings_variable(name), name
     assert env["ENDODOC_MODEL__DEVICE"]["value"] == "cuda"
     # The running deployment keeps its model until the release's `model` block changes.
     settings = rendering.one("ConfigMap", "endodoc-settings").body["data"]
