@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from services.catalog.models import Procedure, ProcedureKind
 from services.catalog.queries import CatalogError, get_or_create_procedure, get_or_create_site, parse_uuid
 from services.coverage.landmarks import UnknownLandmarkSetError
@@ -115,6 +117,11 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     paths = _expand_files(args.paths)
     performed_at = datetime.fromisoformat(args.performed_at) if args.performed_at else datetime.now(UTC)
     runtime = _runtime(settings)
+    if not settings.broker_url:
+        # Embedding runs in this process: load the model and open the vector store before
+        # storing anything, so a missing weight file or a store locked by `endodoc serve`
+        # stops the command instead of failing every image.
+        runtime.collections()
     queue = make_queue(runtime)
     try:
         with unit_of_work(runtime.sessions) as session:
@@ -151,14 +158,38 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _find_procedure(session, procedure: str, site_slug: str | None) -> Procedure:
+    """Find a procedure by UUID, or by its external id at the site given with --site."""
+    from sqlalchemy import select
+
+    from services.catalog.models import Site
+
+    if site_slug is not None:
+        found = session.scalar(
+            select(Procedure).join(Site).where(Site.slug == site_slug, Procedure.external_id == procedure)
+        )
+        if found is None:
+            raise CommandError(f"procedure {procedure!r} not found at site {site_slug!r}")
+        return found
+    try:
+        procedure_id = parse_uuid(procedure, "procedure")
+    except CatalogError as error:
+        raise CommandError(f"{error}; to look a procedure up by its external id, add --site SLUG") from None
+    found = session.get(Procedure, procedure_id)
+    if found is None:
+        raise CommandError(f"procedure {procedure} not found")
+    return found
+
+
+def format_image_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{count} {status}" for status, count in counts.items())
+
+
 def cmd_coverage(args: argparse.Namespace, settings: Settings) -> int:
-    procedure_id = parse_uuid(args.procedure_id, "procedure")
     runtime = _runtime(settings)
     try:
         with unit_of_work(runtime.sessions) as session:
-            procedure = session.get(Procedure, procedure_id)
-            if procedure is None:
-                raise CommandError(f"procedure {args.procedure_id} not found")
+            procedure = _find_procedure(session, args.procedure_id, args.site)
             report = procedure_coverage(session, procedure, runtime.model_version, settings.coverage.min_score)
     finally:
         runtime.close()
@@ -170,7 +201,7 @@ def cmd_coverage(args: argparse.Namespace, settings: Settings) -> int:
     for landmark in report.landmarks:
         where = f" by image {landmark.image_id} (score {landmark.score:.2f})" if landmark.image_id else ""
         print(f"  {landmark.code:<28} {landmark.status}{where}")
-    print(f"  images: {report.images}")
+    print(f"  images: {format_image_counts(report.images)}")
     return 0
 
 
@@ -225,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.set_defaults(handler=cmd_ingest)
 
     coverage = commands.add_parser("coverage", help="print the documentation coverage of a procedure")
-    coverage.add_argument("procedure_id", help="procedure UUID")
+    coverage.add_argument("procedure_id", help="procedure UUID, or its external id together with --site")
+    coverage.add_argument("--site", help="site slug, to name the procedure by its external id")
     coverage.add_argument("--json", action="store_true")
     coverage.set_defaults(handler=cmd_coverage)
 
@@ -250,7 +282,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
     try:
-        return args.handler(args, Settings())
+        settings = Settings()
+    except ValidationError as error:
+        problems = "; ".join(
+            f"ENDODOC_{'__'.join(str(part) for part in item['loc']).upper()}: {item['msg']}" for item in error.errors()
+        )
+        print(f"endodoc: error: invalid settings: {problems}", file=sys.stderr)
+        return 2
+    try:
+        return args.handler(args, settings)
     except (
         CommandError,
         CatalogError,

@@ -239,11 +239,16 @@ def format_report(result: dict[str, Any]) -> str:
                 lines.append(f"  {landmark['code']:<28} {landmark['status'].upper()}")
         observed = ", ".join(f"{item['code']} x{item['count']}" for item in procedure["observed"] if item["count"])
         lines.append(f"  observed: {observed or 'none'}")
-        lines.append(f"  images: {procedure['images']}; true classes: {', '.join(procedure['true_labels'])}")
+        counts = ", ".join(f"{count} {status}" for status, count in procedure["images"].items())
+        lines.append(f"  images: {counts}; true classes: {', '.join(procedure['true_labels'])}")
         lines.append("")
-    lines.append(f"Labelling accuracy: {result['accuracy']:.4f}")
+    lines.append(f"Labelling accuracy (k-NN label against the folder label): {result['accuracy']:.4f}")
     lines.append(
         f"Retrieval of queries against references: Recall@1 {result['recall_at_1']:.4f}, "
         f"Recall@5 {result['recall_at_5']:.4f}, Recall@10 {result['recall_at_10']:.4f}, mAP {result['map']:.4f}"
+    )
+    lines.append(
+        "Recall@K: a reference of the query's class among its K nearest. mAP: mean average precision over "
+        "the whole reference ranking, so it also rewards ranking every same-class reference first."
     )
     return "\n".join(lines)

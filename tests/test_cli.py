@@ -46,6 +46,9 @@ def test_gallery_ingest_and_coverage(data_dir, tmp_path, labeled_images, capsys)
     assert report["landmarks"][0]["status"] == "documented"
     assert report["images"]["embedded"] == 2
 
+    assert main(["coverage", "COL-7", "--site", "cli-site"]) == 0
+    assert "normal-cecum" in capsys.readouterr().out
+
 
 def test_coverage_of_unknown_procedure_fails(data_dir, capsys):
     assert main(["coverage", "00000000-0000-0000-0000-000000000000"]) == 2
@@ -66,3 +69,9 @@ def test_unknown_gallery_label_fails(data_dir, labeled_images, capsys):
 def test_demo_on_missing_folder_fails(data_dir, tmp_path, capsys):
     assert main(["demo", "--images", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_invalid_setting_names_variable(data_dir, monkeypatch, capsys):
+    monkeypatch.setenv("ENDODOC_MODEL__PROFILE", "dinov3")
+    assert main(["coverage", "abc"]) == 2
+    assert "ENDODOC_MODEL__PROFILE" in capsys.readouterr().err

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.catalog.models import Procedure, ProcedureKind, Site
-from services.coverage.landmarks import get_landmark_set
+from services.coverage.landmarks import get_landmark_set, landmark_sets
 
 SLUG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 
@@ -45,8 +45,10 @@ def get_or_create_procedure(
     """
     landmarks = get_landmark_set(landmark_set)
     if landmarks.procedure_kind != kind.value:
+        matching = sorted(code for code, item in landmark_sets().items() if item.procedure_kind == kind.value)
         raise CatalogError(
-            f"landmark set {landmark_set!r} is for {landmarks.procedure_kind} procedures, not {kind.value}"
+            f"landmark set {landmark_set!r} is for {landmarks.procedure_kind} procedures, not {kind.value}: "
+            f"use one of {', '.join(matching)}"
         )
     procedure = session.scalar(
         select(Procedure).where(Procedure.site_id == site.id, Procedure.external_id == external_id)

@@ -67,13 +67,22 @@ def add_images(session: Session, runtime: Runtime, procedure_id: uuid.UUID, file
 
     A file that is not a readable image becomes a `failed` image with the reason, so the other
     files of the batch still go ahead. A file whose bytes the procedure already has returns the
-    existing image.
+    existing image; if that image was readable but its embedding failed (a service was down, a
+    weight file missing), it is queued again, so uploading it again retries it.
     """
     outcomes = []
     for upload in files:
         digest = _sha256(upload.data)
         existing = session.scalar(select(Image).where(Image.procedure_id == procedure_id, Image.sha256 == digest))
         if existing is not None:
+            if existing.status == ImageStatus.FAILED and existing.blob_key is not None:
+                runtime.blobs.put(existing.blob_key, upload.data)
+                existing.status = ImageStatus.QUEUED
+                existing.error = None
+                existing.attempts = 0
+                existing.status_changed_at = datetime.now(UTC)
+                session.flush()
+                logger.info("image_requeued", image_id=str(existing.id), procedure_id=str(procedure_id))
             outcomes.append(
                 FileOutcome(upload.filename, existing.id, existing.status, existing.error, duplicate=True)
             )

@@ -134,3 +134,32 @@ def test_unknown_reference_label_is_rejected_before_storing(runtime, labeled_ima
         with pytest.raises(CatalogError, match="'not-a-landmark'"):
             add_references(session, runtime, None, [LabeledFile("not-a-landmark", file)])
     assert not runtime.settings.resolved_blob_dir.exists() or not any(runtime.settings.resolved_blob_dir.rglob("*"))
+
+
+def test_failed_embedding_is_retried_on_reupload(runtime, gallery, labeled_images):
+    procedure_id = new_procedure(runtime, gallery)
+    file = upload(class_images(labeled_images, "polyp", 25)[24])
+    with unit_of_work(runtime.sessions) as session:
+        image_id = add_images(session, runtime, procedure_id, [file])[0].image_id
+    # As if the embedding had failed while the vector store was unavailable.
+    with unit_of_work(runtime.sessions) as session:
+        image = session.get_one(Image, image_id)
+        image.status = ImageStatus.FAILED
+        image.error = "embedding failed: VectorIndexError: store locked"
+
+    with unit_of_work(runtime.sessions) as session:
+        outcome = add_images(session, runtime, procedure_id, [file])[0]
+    assert outcome.duplicate
+    assert outcome.status == ImageStatus.QUEUED
+    assert outcome.error is None
+    with unit_of_work(runtime.sessions) as session:
+        assert embed_images(session, runtime, [image_id]) == 1
+
+
+def test_unreadable_file_stays_failed_on_reupload(runtime, gallery):
+    procedure_id = new_procedure(runtime, gallery)
+    bad = UploadedFile(filename="notes.jpg", data=b"plain text")
+    for _ in range(2):
+        with unit_of_work(runtime.sessions) as session:
+            outcome = add_images(session, runtime, procedure_id, [bad])[0]
+        assert outcome.status == ImageStatus.FAILED
