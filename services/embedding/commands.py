@@ -45,6 +45,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--lora-dropout", type=float, default=0.05)
     train.add_argument("--lora-targets", action="append", default=[], metavar="BRANCH=NAME,NAME",
                        help="module names to adapt in one branch, e.g. dinov2=qkv,proj (default: per branch)")
+    train.add_argument("--init-head", type=Path, metavar="CHECKPOINT",
+                       help="start the head from a head-only checkpoint of the same profile (useful with --mode lora)")
+    train.add_argument("--max-steps", type=int, help="stop after this many optimiser steps in total")
     train.add_argument("--no-augment", action="store_true", help="no random flips in LoRA training")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: ENDODOC_MODEL__DEVICE)")
@@ -92,6 +95,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         result = Trainer(
             loaded, data, train_settings, out=args.out, device=args.device or settings.model.device,
             cache_dir=args.cache, eval_batch_size=args.eval_batch_size, progress=not args.no_progress,
+            max_steps=args.max_steps, init_head=args.init_head,
         ).run()
     except (DatasetError, WeightsError, ValueError) as error:
         print(f"endodoc: error: {error}", file=sys.stderr)

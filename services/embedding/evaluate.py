@@ -97,9 +97,10 @@ def embed_variants(
     head_features = {
         name: model.embed_features([tensor.to(torch_device) for tensor in value]) for name, value in features.items()
     }
-    model_name = "fused (trained head)" if model.head is not None else "concatenated (no head)"
-    if len(model.specs) == 1 and model.head is None:
-        model_name = model.specs[0].name
+    if model.head is not None:
+        model_name = "fused (trained head)" if len(model.specs) > 1 else "trained head"
+    else:
+        model_name = "concatenated (no head)" if len(model.specs) > 1 else model.specs[0].name
     variants = [Variant(model_name, as_numpy(head_features["gallery"]), as_numpy(head_features["queries"]))]
     if ablation:
         for index, spec in enumerate(model.specs):
@@ -189,7 +190,7 @@ def draw_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str
     """Draw a confusion matrix (rows: true class, columns: nearest gallery image's class) as an image."""
     cell, label_width, top = 72, 170, 60
     size = len(classes)
-    image = Image.new("RGB", (label_width + cell * size + 20, top + cell * size + 150), "white")
+    image = Image.new("RGB", (label_width + cell * size + 20, top + cell * size + 50), "white")
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
     draw.text((10, 10), f"{title}: rows true class, columns 1-NN class", fill="black", font=font)

@@ -25,15 +25,16 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from tqdm import tqdm
 
-from services.embedding.checkpoint import save_checkpoint
+from services.embedding.checkpoint import check_card_matches, read_checkpoint, save_checkpoint
 from services.embedding.dataset import LabeledImage, class_counts, scan_labeled_folder, stratified_split
 from services.embedding.embedder import LoadedModel, resolve_device
+from services.embedding.errors import WeightsError
 from services.embedding.features import DecodedImages, branch_features, cached_branch_features
 from services.embedding.head import FUSED_DIM, FusionHead
 from services.embedding.lora import LoraSettings, add_lora, adapter_state
 from services.embedding.losses import LossName, MetricLoss, class_balanced_batches
 from services.embedding.metrics import RetrievalMetrics, retrieval_metrics
-from services.embedding.model import EmbeddingModel
+from services.embedding.model import EmbeddingModel, concatenate_normalised
 from services.embedding.preprocess import Transform
 
 logger = structlog.get_logger(__name__)
@@ -171,6 +172,7 @@ class Trainer:
         eval_batch_size: int = 64,
         progress: bool = True,
         max_steps: int | None = None,
+        init_head: Path | None = None,
     ) -> None:
         if loaded.model.head is not None or loaded.checkpoint is not None:
             raise ValueError("Training starts from the backbones: load the profile without a checkpoint.")
@@ -184,6 +186,7 @@ class Trainer:
         self.eval_batch_size = eval_batch_size
         self.progress = progress
         self.max_steps = max_steps
+        self.init_head = init_head
         self.loss = MetricLoss(settings.loss, margin=settings.margin, mining=settings.mining)
         self.train_labels = data.labels(data.train)
         self.val_labels = data.labels(data.val)
@@ -194,7 +197,23 @@ class Trainer:
         settings = self.settings
         seed_everything(settings.seed)
         model = self.model
+        model.to(self.device)
+        # The frozen backbones' features give the baseline metrics, and in head mode the training
+        # inputs too. They are computed (or read from the cache) before any adapter exists.
+        frozen = {
+            name: cached_branch_features(
+                model, items, [branch.identity for branch in self.loaded.branches], cache_dir=self.cache_dir,
+                batch_size=self.eval_batch_size, device=self.device, progress=self.progress,
+            )
+            for name, items in (("train", self.data.train), ("val", self.data.val))
+        }
+        baseline = self._score(concatenate_normalised(frozen["train"]), concatenate_normalised(frozen["val"]))
+        logger.info("validation_baseline", recall_at_1=baseline.recall_at[1], map=baseline.mean_average_precision)
+
+        seed_everything(settings.seed)
         model.head = FusionHead([spec.feature_dim for spec in model.specs], settings.out_dim)
+        if self.init_head is not None:
+            load_head_from(self.init_head, model.head, self.loaded)
         if settings.mode == "lora":
             for spec, backbone in zip(model.specs, model.backbones, strict=True):
                 self.adapted[spec.name] = len(add_lora(backbone, spec, settings.lora))
@@ -208,7 +227,7 @@ class Trainer:
         logger.info("training_started", mode=settings.mode, profile=self.loaded.profile, trainable=trainable_count,
                     train_images=len(self.data.train), val_images=len(self.data.val), adapted=self.adapted)
 
-        step_batch, embed_train, embed_val = self._prepare_inputs()
+        step_batch, embed_train, embed_val = self._prepare_inputs(frozen)
         steps_per_epoch = max(1, -(-len(self.data.train) // settings.batch_size))
         total_steps = steps_per_epoch * settings.epochs
         if self.max_steps is not None:
@@ -217,13 +236,26 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine_with_warmup(settings.warmup_steps, total_steps))
         generator = np.random.default_rng(settings.seed)
 
-        baseline = self._validate(embed_train, embed_val, use_head=False)
-        logger.info("validation_baseline", recall_at_1=baseline.recall_at[1], map=baseline.mean_average_precision)
         history: list[EpochRecord] = []
         best: EpochRecord | None = None
         best_state: dict[str, Any] | None = None
         sha256 = ""
         step = 0
+        if self.init_head is not None:
+            # LoRA's B matrices start at zero, so before the first step the model embeds exactly like
+            # the initial head on the frozen features: epoch 0 is the starting point, and it is kept
+            # when no epoch improves on it.
+            model.eval()
+            with torch.no_grad():
+                start = self._score(
+                    model.head([tensor.to(self.device) for tensor in frozen["train"]]),
+                    model.head([tensor.to(self.device) for tensor in frozen["val"]]),
+                )
+            best = EpochRecord(0, math.nan, start.recall_at[1], start.recall_at.get(5, math.nan),
+                               start.mean_average_precision, 0.0)
+            history.append(best)
+            best_state = self._trained_state()
+            sha256 = self._save(best, baseline, history, trainable_count)
         for epoch in range(1, settings.epochs + 1):
             started = time.perf_counter()
             self._train_mode()
@@ -249,7 +281,7 @@ class Trainer:
                 losses.append(float(loss.detach()))
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
 
-            metrics = self._validate(embed_train, embed_val, use_head=True)
+            metrics = self._validate(embed_train, embed_val)
             record = EpochRecord(
                 epoch=epoch,
                 loss=float(np.mean(losses)) if losses else math.nan,
@@ -281,19 +313,13 @@ class Trainer:
                     recall_at_1=best.recall_at_1, map=best.mean_average_precision)
         return TrainResult(self.out, sha256, best.epoch, best, baseline, history, trainable_count, self.adapted)
 
-    def _prepare_inputs(self) -> tuple[Callable, Callable, Callable]:
+    def _prepare_inputs(self, frozen: dict[str, list[torch.Tensor]]) -> tuple[Callable, Callable, Callable]:
         """Return the training step's forward function and the embedding functions for validation."""
         model = self.model
         device = self.device
         if self.settings.mode == "head":
-            identities = [branch.identity for branch in self.loaded.branches]
-            train_features, val_features = (
-                cached_branch_features(model, items, identities, cache_dir=self.cache_dir,
-                                       batch_size=self.eval_batch_size, device=device, progress=self.progress)
-                for items in (self.data.train, self.data.val)
-            )
-            train_features = [tensor.to(device) for tensor in train_features]
-            val_features = [tensor.to(device) for tensor in val_features]
+            train_features = [tensor.to(device) for tensor in frozen["train"]]
+            val_features = [tensor.to(device) for tensor in frozen["val"]]
 
             def step_batch(indices: np.ndarray, generator: np.random.Generator) -> torch.Tensor:
                 index = torch.as_tensor(indices, device=device)
@@ -327,19 +353,17 @@ class Trainer:
         return step_batch, features_of(train_images), features_of(val_images)
 
     @torch.no_grad()
-    def _validate(self, embed_train: Callable, embed_val: Callable, *, use_head: bool) -> RetrievalMetrics:
+    def _validate(self, embed_train: Callable, embed_val: Callable) -> RetrievalMetrics:
         """Score the validation images as queries against the training images as the gallery."""
         model = self.model
         was_training = model.training
         model.eval()
         train_features, val_features = embed_train(), embed_val()
-        if use_head:
-            gallery, queries = model.head(train_features), model.head(val_features)
-        else:
-            from services.embedding.model import concatenate_normalised
-
-            gallery, queries = concatenate_normalised(train_features), concatenate_normalised(val_features)
+        metrics = self._score(model.head(train_features), model.head(val_features))
         model.train(was_training)
+        return metrics
+
+    def _score(self, gallery: torch.Tensor, queries: torch.Tensor) -> RetrievalMetrics:
         return retrieval_metrics(
             queries.cpu().numpy(), self.val_labels.tolist(), gallery.cpu().numpy(), self.train_labels.tolist()
         )
@@ -394,6 +418,27 @@ class Trainer:
             )
         finally:
             self.model.to(self.device)
+
+
+def load_head_from(path: Path, head: FusionHead, loaded: LoadedModel) -> None:
+    """Initialise `head` from the head of a head-only checkpoint trained on the same backbones.
+
+    Training LoRA from a head fitted on frozen features (linear probing, then fine-tuning)
+    needs far fewer steps than training adapters and a random head together.
+    """
+    checkpoint = read_checkpoint(path)
+    check_card_matches(checkpoint, loaded.branches, loaded.profile)
+    if checkpoint.card.get("lora") is not None:
+        raise WeightsError(f"--init-head needs a head-only checkpoint, but {path} also contains LoRA adapters.")
+    state = {key.removeprefix("head."): value for key, value in checkpoint.tensors.items() if key.startswith("head.")}
+    expected = head.state_dict()
+    if state.keys() != expected.keys() or any(state[key].shape != expected[key].shape for key in expected):
+        raise WeightsError(
+            f"The head in {path} does not fit this run: its card says {checkpoint.card.get('head')}, but this run "
+            f"builds in_dims {list(head.in_dims)} and out_dim {head.out_dim}. Pass the same --out-dim."
+        )
+    head.load_state_dict(state, strict=True)
+    logger.info("head_initialised", path=str(path), sha256=checkpoint.sha256[:12])
 
 
 def _cosine_with_warmup(warmup_steps: int, total_steps: int) -> Callable[[int], float]:

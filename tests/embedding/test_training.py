@@ -160,3 +160,46 @@ def test_empty_folder_is_rejected(tmp_path):
     (tmp_path / "images").mkdir()
     with pytest.raises(DatasetError, match="No images found"):
         prepare_data(tmp_path / "images", val_images=None, val_fraction=0.2, seed=0)
+
+
+def test_train_command_rejects_empty_folder_without_output(tmp_path, capsys):
+    from services.cli import main
+
+    (tmp_path / "images" / "polyp").mkdir(parents=True)
+    out = tmp_path / "model.safetensors"
+    assert main(["train", "--images", str(tmp_path / "images"), "--out", str(out), "--no-progress"]) == 2
+    assert "No images found" in capsys.readouterr().err
+    assert not out.exists()
+    assert not out.with_suffix(".json").exists()
+
+
+def test_evaluate_command_writes_report_and_confusion_matrix(lite_checkpoint, small_folder, tmp_path, capsys):
+    import json
+
+    from services.cli import main
+
+    out = tmp_path / "report"
+    code = main(["evaluate", "--gallery", str(small_folder), "--queries", str(small_folder),
+                 "--checkpoint", str(lite_checkpoint.checkpoint), "--ablation", "--out", str(out), "--no-progress"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    names = [result["name"] for result in report["results"]]
+    assert names == ["trained head", "efficientnet_lite0 only"]
+    assert report["results"][0]["dim"] == 512
+    assert set(report["results"][0]["per_class"]) == set(CLASSES)
+    assert sum(map(sum, report["results"][0]["confusion_matrix"])) == sum(CLASSES.values())
+    assert (out / report["results"][0]["confusion_matrix_image"]).is_file()
+    assert "R@1" in capsys.readouterr().out
+
+
+def test_evaluate_command_rejects_corrupted_checkpoint(small_folder, tmp_path, capsys):
+    from services.cli import main
+
+    corrupted = tmp_path / "broken.safetensors"
+    corrupted.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    out = tmp_path / "report"
+    code = main(["evaluate", "--gallery", str(small_folder), "--queries", str(small_folder),
+                 "--checkpoint", str(corrupted), "--out", str(out), "--no-progress"])
+    assert code == 2
+    assert "not a valid safetensors file" in capsys.readouterr().err
+    assert not out.exists()
