@@ -29,7 +29,7 @@ DESCRIPTION = """\
 Photo-documentation coverage of GI endoscopy procedures.
 
 Every route except `/healthz` needs an API key in the header `Authorization: Bearer KEY`.
-A site key reads and changes only its own site's procedures, images and vectors; the admin
+A site key reads and changes only its own site's procedures, images and vectors. The admin
 key (`ENDODOC_ADMIN_API_KEY`) manages sites and keys and may read every site. Errors have
 one shape: `{"error": {"code", "message", "details"}}`.
 """

@@ -1,8 +1,8 @@
 """API key authentication and the site scope of each request.
 
 Clients send `Authorization: Bearer KEY`. The browser pages also accept the key from the
-`endodoc_key` cookie that the sign-in form sets; the JSON API does not, so a page from another
-origin cannot make a signed-in browser call it.
+`endodoc_key` cookie that the sign-in form sets. The JSON API ignores that cookie, so a page
+from another origin cannot make a signed-in browser call it.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ bearer = HTTPBearer(auto_error=False, description="A site API key, or the admin 
 
 @dataclass(frozen=True)
 class Principal:
-    """Who sends a request: the admin, or one site through one of its keys."""
+    """The sender of a request: the admin, or one site through one of its keys."""
 
     is_admin: bool
     site_id: uuid.UUID | None = None

@@ -8,7 +8,7 @@ from services.api.schemas import ErrorPublic
 
 
 class ApiError(Exception):
-    """An error answered with the common JSON error shape."""
+    """An error returned to the client in the common JSON error shape."""
 
     def __init__(self, status_code: int, code: str, message: str, details: object = None) -> None:
         super().__init__(message)
@@ -24,8 +24,8 @@ def error_response(status_code: int, code: str, message: str, details: object = 
     )
 
 
-def not_found(what: str, value: object) -> ApiError:
-    return ApiError(404, "not_found", f"{what} {value} not found")
+def not_found(resource: str, value: object) -> ApiError:
+    return ApiError(404, "not_found", f"{resource} {value} not found")
 
 
 ERROR_RESPONSES = {

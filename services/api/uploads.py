@@ -25,8 +25,8 @@ from services.ingest.service import FileOutcome, UploadedFile
 ACCEPTED_FORMATS = ("JPEG", "PNG", "TIFF")
 EXIF_ORIENTATION_TAG = 0x0112
 # JPEG markers kept when metadata is removed: APP0 (JFIF), APP2 only for ICC colour profiles,
-# APP14 (Adobe, which tells decoders the colour transform). APP1 (EXIF, XMP), APP13 (IPTC),
-# the other APPn segments and COM comments are dropped.
+# and APP14 (Adobe), because decoders read the colour transform from it. APP1 (EXIF, XMP),
+# APP13 (IPTC), the other APPn segments and COM comments are dropped.
 JPEG_APP0, JPEG_APP2, JPEG_APP14, JPEG_COM, JPEG_SOS = 0xE0, 0xE2, 0xEE, 0xFE, 0xDA
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # PNG chunks that carry metadata: EXIF, text, compressed and international text, modification time.

@@ -116,8 +116,8 @@ def site_coverage(
 ) -> SiteCoverageReport:
     """Report, per landmark set and required landmark, the share of procedures that document it.
 
-    `rate` counts documented procedures over all procedures of the set in range, so a pending
-    landmark lowers it until its images are embedded; `pending` says how many are waiting.
+    `rate` is documented procedures over all procedures of the set in range, so a pending
+    landmark lowers it until its images are embedded. `pending` counts the waiting ones.
     """
     query = select(Procedure).where(Procedure.site_id == site_id)
     if date_from is not None:

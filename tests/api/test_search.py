@@ -130,6 +130,9 @@ def test_search_rejects_invalid_requests(app_client, two_sites, site_a):
     cases = {
         "no query": app_client.post("/v1/search", json={"limit": 5}, headers=site_a.headers),
         "bad limit": app_client.post("/v1/search", json={"image_id": query, "limit": 0}, headers=site_a.headers),
+        "unknown landmark": app_client.post(
+            "/v1/search", json={"image_id": query, "landmark": "nose"}, headers=site_a.headers
+        ),
         "bad json": app_client.post(
             "/v1/search", content=b"{", headers={**site_a.headers, "content-type": "application/json"}
         ),

@@ -191,7 +191,7 @@ def get_thumbnail(
     principal: PrincipalDep,
     session: SessionDep,
     runtime: RuntimeDep,
-    size: Annotated[int, Query(description=f"Longest side in pixels, one of {THUMBNAIL_SIZES}.")] = 256,
+    size: Annotated[int, Query(description=f"Maximum width and height in pixels, one of {THUMBNAIL_SIZES}.")] = 256,
 ) -> Response:
     """Return a JPEG thumbnail of the image."""
     if size not in THUMBNAIL_SIZES:
@@ -225,7 +225,7 @@ def get_reference_thumbnail(
     principal: PrincipalDep,
     session: SessionDep,
     runtime: RuntimeDep,
-    size: Annotated[int, Query(description=f"Longest side in pixels, one of {THUMBNAIL_SIZES}.")] = 256,
+    size: Annotated[int, Query(description=f"Maximum width and height in pixels, one of {THUMBNAIL_SIZES}.")] = 256,
 ) -> Response:
     """Return a JPEG thumbnail of a reference image that supports a prediction (evidence)."""
     if size not in THUMBNAIL_SIZES:

@@ -19,6 +19,7 @@ from services.api.routes.images import thumbnail_url
 from services.api.schemas import SearchHitPublic, SearchProcedurePublic, SearchPublic, SearchRequest
 from services.api.uploads import check_upload, read_limited_form
 from services.catalog.models import Image, Prediction, Procedure
+from services.coverage.landmarks import known_landmark_codes
 from services.db import unit_of_work
 from services.embedding import open_image
 from services.runtime import Runtime
@@ -88,16 +89,20 @@ async def search(request: Request, principal: PrincipalDep) -> SearchPublic:
         raise ApiError(422, "invalid_request", "the search request does not match the schema", details) from None
     if (file_data is None) == (body.image_id is None):
         raise ApiError(422, "invalid_request", "give exactly one query: image_id in a JSON body, or an uploaded file")
+    if body.landmark is not None and body.landmark not in known_landmark_codes():
+        raise ApiError(
+            422, "invalid_value", f"unknown landmark {body.landmark!r}: use a landmark code such as 'normal-cecum'"
+        )
     return await run_in_threadpool(_search, runtime, principal, body, file_data)
 
 
-def _parse_json(text: str, what: str) -> dict:
+def _parse_json(text: str, source: str) -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ApiError(422, "invalid_request", f"the {what} is not valid JSON: {error}") from None
+        raise ApiError(422, "invalid_request", f"the {source} is not valid JSON: {error}") from None
     if not isinstance(value, dict):
-        raise ApiError(422, "invalid_request", f"the {what} must be a JSON object")
+        raise ApiError(422, "invalid_request", f"the {source} must be a JSON object")
     return value
 
 
