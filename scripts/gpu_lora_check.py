@@ -1,7 +1,7 @@
 """Check that LoRA training of the `dinov2-gastronet` profile runs on this machine, and measure it.
 
-The backbones are randomly initialised, so no weight file is needed and the loss says nothing
-about quality. The script trains LoRA adapters and the fusion head with the semi-hard triplet
+The backbones are randomly initialised, so no weight file is needed and the loss does not measure
+quality. The script trains LoRA adapters and the fusion head with the semi-hard triplet
 loss for --steps steps on real images and prints one JSON object: images per second (after
 --warmup-steps), peak memory, and the first and last losses.
 
@@ -105,7 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     labels = torch.tensor([classes.index(item.label) for item in items])
     generator = np.random.default_rng(args.seed)
 
-    warmup = args.warmup_steps if args.warmup_steps is not None else (10 if args.steps >= 20 else 1)
+    if args.warmup_steps is not None:
+        warmup = args.warmup_steps
+    elif args.steps >= 20:
+        warmup = 10
+    else:
+        warmup = 1
     warmup = min(warmup, max(0, args.steps - 1))
     model.train()
     freeze_batch_norm(model.backbones)

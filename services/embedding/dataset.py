@@ -66,9 +66,9 @@ def class_counts(items: Sequence[LabeledImage]) -> dict[str, int]:
 def stratified_split(
     items: Sequence[LabeledImage], holdout_fraction: float, seed: int
 ) -> tuple[list[LabeledImage], list[LabeledImage]]:
-    """Split each class with a seeded shuffle into (kept, held out), holding out round(n * fraction) of each.
+    """Split each class with a seeded shuffle into (remaining, held out), holding out round(n * fraction) of each.
 
-    Every class keeps at least two images, so each kept image has a same-class partner for
+    Every class keeps at least two images, so each remaining image has a same-class partner for
     metric learning, and every class with at least three images holds out at least one.
     """
     if not 0 < holdout_fraction < 1:
@@ -77,7 +77,7 @@ def stratified_split(
     for item in items:
         by_class[item.label].append(item)
     generator = np.random.default_rng(seed)
-    kept: list[LabeledImage] = []
+    remaining: list[LabeledImage] = []
     held_out: list[LabeledImage] = []
     for label in sorted(by_class):
         members = sorted(by_class[label], key=lambda item: item.path.name)
@@ -89,5 +89,5 @@ def stratified_split(
                 f"training: add images to it or pass validation images separately."
             )
         held_out.extend(members[index] for index in sorted(order[:count]))
-        kept.extend(members[index] for index in sorted(order[count:]))
-    return kept, held_out
+        remaining.extend(members[index] for index in sorted(order[count:]))
+    return remaining, held_out

@@ -434,7 +434,7 @@ def load_head_from(path: Path, head: FusionHead, loaded: LoadedModel) -> None:
     expected = head.state_dict()
     if state.keys() != expected.keys() or any(state[key].shape != expected[key].shape for key in expected):
         raise WeightsError(
-            f"The head in {path} does not fit this run: its card says {checkpoint.card.get('head')}, but this run "
+            f"The head in {path} does not match this run: its card lists {checkpoint.card.get('head')}, but this run "
             f"builds in_dims {list(head.in_dims)} and out_dim {head.out_dim}. Pass the same --out-dim."
         )
     head.load_state_dict(state, strict=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu_lora_check.py"
 
 
-def test_gpu_lora_check_runs_on_cpu_with_tiny_vits(labeled_images):
+def test_gpu_check_runs_tiny_on_cpu(labeled_images):
     completed = subprocess.run(
         [sys.executable, str(SCRIPT), "--images", str(labeled_images), "--steps", "3", "--device", "cpu",
          "--tiny", "--max-images", "30", "--batch-size", "10"],

@@ -175,7 +175,7 @@ def test_gastronet_branch_keeps_class_position(gastronet_state, tmp_path):
     torch.testing.assert_close(branch.backbone.pos_embed, gastronet_state["pos_embed"])
 
 
-def test_gastronet_resnet50_file_with_wrapper_prefixes_loads(tmp_path):
+def test_resnet50_wrapped_file_loads(tmp_path):
     from services.embedding.model import create_backbone
     from services.embedding.profiles import GASTRONET_RESNET50
 
@@ -188,7 +188,7 @@ def test_gastronet_resnet50_file_with_wrapper_prefixes_loads(tmp_path):
     assert torch.equal(branch.backbone.state_dict()["layer4.2.conv3.weight"], state["layer4.2.conv3.weight"])
 
 
-def test_gastronet_resnet50_file_with_wrong_shape_names_the_key(tmp_path):
+def test_resnet50_wrong_shape_is_rejected(tmp_path):
     from services.embedding.model import create_backbone
     from services.embedding.profiles import GASTRONET_RESNET50
 
