@@ -194,12 +194,18 @@ def production_runtime(stack: Stack, lite_embedder) -> Iterator:
     runtime.close()
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float, description: str, logs: list[Path] | None = None) -> None:
-    """Poll `condition` every 0.2 s until it holds, or fail with `description` and the worker log tails."""
+def wait_for(
+    condition: Callable[[], bool],
+    timeout_s: float,
+    description: str,
+    logs: list[Path] | None = None,
+    interval_s: float = 0.2,
+) -> None:
+    """Poll `condition` every `interval_s` until it holds, or fail with `description` and the worker log tails."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if condition():
             return
-        time.sleep(0.2)
+        time.sleep(interval_s)
     tails = "\n".join(f"--- {log.name}\n{log.read_text()[-2000:]}" for log in logs or [])
     pytest.fail(f"timed out after {timeout_s} s waiting for {description}\n{tails}")

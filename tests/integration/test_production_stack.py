@@ -147,7 +147,8 @@ def test_worker_killed_mid_batch_embeds_each_image_once(stack, production_runtim
         ]
         return bool(in_flight)
 
-    wait_for(batch_in_flight, 120, "the first worker to claim a batch", stack.logs)
+    # A batch of 16 stays claimed for about a second on 2 CPU cores, so poll often enough to catch it.
+    wait_for(batch_in_flight, 120, "the first worker to claim a batch", stack.logs, interval_s=0.02)
     os.kill(first.pid, signal.SIGKILL)
     first.wait(timeout=10)
     assert first.returncode == -signal.SIGKILL
