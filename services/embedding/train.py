@@ -82,7 +82,8 @@ class TrainSettings:
 @dataclass
 class EpochRecord:
     epoch: int
-    loss: float
+    # Mean training loss of the epoch; None for epoch 0, the starting point before any step.
+    loss: float | None
     recall_at_1: float
     recall_at_5: float
     mean_average_precision: float
@@ -251,7 +252,7 @@ class Trainer:
                     model.head([tensor.to(self.device) for tensor in frozen["train"]]),
                     model.head([tensor.to(self.device) for tensor in frozen["val"]]),
                 )
-            best = EpochRecord(0, math.nan, start.recall_at[1], start.recall_at.get(5, math.nan),
+            best = EpochRecord(0, None, start.recall_at[1], start.recall_at.get(5, math.nan),
                                start.mean_average_precision, 0.0)
             history.append(best)
             best_state = self._trained_state()
@@ -284,7 +285,7 @@ class Trainer:
             metrics = self._validate(embed_train, embed_val)
             record = EpochRecord(
                 epoch=epoch,
-                loss=float(np.mean(losses)) if losses else math.nan,
+                loss=float(np.mean(losses)) if losses else None,
                 recall_at_1=metrics.recall_at[1],
                 recall_at_5=metrics.recall_at.get(5, math.nan),
                 mean_average_precision=metrics.mean_average_precision,
@@ -293,7 +294,8 @@ class Trainer:
             history.append(record)
             logger.info("epoch_finished", **asdict(record))
             if self.progress:
-                tqdm.write(f"epoch {epoch}: loss {record.loss:.4f}  val R@1 {record.recall_at_1:.4f}  "
+                loss_text = "n/a" if record.loss is None else f"{record.loss:.4f}"
+                tqdm.write(f"epoch {epoch}: loss {loss_text}  val R@1 {record.recall_at_1:.4f}  "
                            f"mAP {record.mean_average_precision:.4f}  ({record.seconds:.1f} s)")
             if best is None or (record.mean_average_precision, record.recall_at_1) > (
                 best.mean_average_precision, best.recall_at_1

@@ -203,3 +203,32 @@ def test_evaluate_command_rejects_corrupted_checkpoint(small_folder, tmp_path, c
     assert code == 2
     assert "not a valid safetensors file" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_lora_run_starts_from_head_checkpoint(small_folder, tmp_path):
+    head_settings = TrainSettings(mode="head", epochs=2, batch_size=12, lr=1e-3, seed=1, val_fraction=0.25)
+    data = prepare_data(small_folder, val_images=None, val_fraction=0.25, seed=1)
+    head_run = Trainer(tiny_loaded_model(), data, head_settings, out=tmp_path / "head.safetensors",
+                       device="cpu", progress=False).run()
+
+    lora_settings = TrainSettings(mode="lora", epochs=1, batch_size=12, lr=1e-3, seed=1, val_fraction=0.25)
+    lora_run = Trainer(tiny_loaded_model(), data, lora_settings, out=tmp_path / "lora.safetensors", device="cpu",
+                       progress=False, init_head=head_run.checkpoint).run()
+
+    start = lora_run.history[0]
+    assert start.epoch == 0
+    assert start.loss is None
+    assert start.mean_average_precision == pytest.approx(head_run.best.mean_average_precision)
+    assert start.recall_at_1 == pytest.approx(head_run.best.recall_at_1)
+    card = read_checkpoint(lora_run.checkpoint).card
+    assert card["validation"]["history"][0]["loss"] is None
+
+
+def test_init_head_from_lora_checkpoint_is_rejected(tiny_run, small_folder, tmp_path):
+    _, _, _, data, result = tiny_run
+    settings = TrainSettings(mode="lora", epochs=1, batch_size=12, seed=3, val_fraction=0.25)
+    trainer = Trainer(tiny_loaded_model(), data, settings, out=tmp_path / "again.safetensors", device="cpu",
+                      progress=False, init_head=result.checkpoint)
+    with pytest.raises(WeightsError, match="needs a head-only checkpoint"):
+        trainer.run()
+    assert not (tmp_path / "again.safetensors").exists()
