@@ -60,5 +60,8 @@ def reconcile_task() -> dict:
     from services.ingest.reconcile import reconcile
 
     runtime = worker_runtime()
-    queue = CeleryQueue(runtime.settings, app=app)
-    return reconcile(runtime, queue).as_dict()
+    queue = CeleryQueue(runtime.settings)
+    try:
+        return reconcile(runtime, queue).as_dict()
+    finally:
+        queue.close()

@@ -22,36 +22,58 @@ import pytest
 from tests.conftest import REPO_ROOT, skip_or_fail
 
 REDIS_URL = os.environ.get("ENDODOC_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-# These tests own this Redis database number and flush it before and after each test.
-REDIS_DB = 12
+# These tests own Redis databases 11 to 14. Each test locks one of them, so test runs in
+# parallel on one machine never share a queue, and flushes it before and after the test.
+REDIS_DBS = (11, 12, 13, 14)
+REDIS_LOCK_KEY = "endodoc-tests:lock"
+REDIS_LOCK_TTL_S = 900
+REDIS_LOCK_WAIT_S = 300
 QDRANT_URL = os.environ.get("ENDODOC_TEST_QDRANT_URL")
 STANDIN = REPO_ROOT / "tests" / "qdrant_standin" / "server.py"
 WORKER_START_TIMEOUT_S = 180
 BATCH_SIZE = 16
 
 
-def _redis_url() -> str:
-    from redis.connection import parse_url
+def _lock_database(host: str, port: int, token: str):
+    """Return a client on the first free database of REDIS_DBS, locked and flushed, or None if all are taken."""
+    import redis
 
-    options = parse_url(REDIS_URL)
-    host = options.get("host", "127.0.0.1")
-    port = options.get("port", 6379)
-    return f"redis://{host}:{port}/{REDIS_DB}"
+    for number in REDIS_DBS:
+        client = redis.Redis(host=host, port=port, db=number, socket_connect_timeout=3)
+        if client.set(REDIS_LOCK_KEY, token, nx=True, ex=REDIS_LOCK_TTL_S):
+            # Flush and lock again in one transaction, so no other run can take the database in between.
+            pipeline = client.pipeline(transaction=True)
+            pipeline.flushdb()
+            pipeline.set(REDIS_LOCK_KEY, token, ex=REDIS_LOCK_TTL_S)
+            pipeline.execute()
+            return client
+        client.close()
+    return None
 
 
 @pytest.fixture
 def redis_url() -> Iterator[str]:
-    """Return the URL of this suite's own Redis database, flushed before and after the test."""
+    """Return the URL of a Redis database that only this test uses, flushed before and after it."""
     import redis
+    from redis.connection import parse_url
 
-    url = _redis_url()
-    client = redis.Redis.from_url(url, socket_connect_timeout=3)
+    options = parse_url(REDIS_URL)
+    host, port = options.get("host", "127.0.0.1"), options.get("port", 6379)
     try:
-        client.ping()
+        redis.Redis(host=host, port=port, socket_connect_timeout=3).ping()
     except redis.ConnectionError as error:
-        skip_or_fail(f"Redis at {url} is not reachable ({error}); set ENDODOC_TEST_REDIS_URL")
-    client.flushdb()
-    yield url
+        skip_or_fail(f"Redis at {host}:{port} is not reachable ({error}); set ENDODOC_TEST_REDIS_URL")
+
+    token = uuid.uuid4().hex
+    deadline = time.monotonic() + REDIS_LOCK_WAIT_S
+    client = _lock_database(host, port, token)
+    while client is None and time.monotonic() < deadline:
+        time.sleep(1)
+        client = _lock_database(host, port, token)
+    if client is None:
+        pytest.fail(f"Redis databases {REDIS_DBS} stayed locked by other test runs for {REDIS_LOCK_WAIT_S} s")
+    number = client.connection_pool.connection_kwargs["db"]
+    yield f"redis://{host}:{port}/{number}"
     client.flushdb()
     client.close()
 

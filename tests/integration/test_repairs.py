@@ -174,3 +174,34 @@ def test_unreadable_blob_fails_image_with_reason(production_runtime, labeled_ima
     assert "could not be read" in images[image_ids[0]].error
     assert images[image_ids[1]].status == ImageStatus.EMBEDDED
     assert predictions_per_image(runtime, image_ids) == {image_ids[1]: 1}
+
+
+def test_claim_fills_batch_from_backlog(production_runtime, labeled_images):
+    runtime = production_runtime
+    seed_gallery(runtime, labeled_images)
+    image_ids = queue_images(runtime, class_images(labeled_images, "polyp", 16)[GALLERY_PER_CLASS:])
+
+    assert embed_claimed(runtime, image_ids[:1]) == 10
+
+    images = images_by_id(runtime, image_ids)
+    assert {image.status for image in images.values()} == {ImageStatus.EMBEDDED}
+    assert {image.attempts for image in images.values()} == {1}
+    assert embed_claimed(runtime, image_ids[1:]) == 0
+
+
+def test_scheduled_reconcile_enqueues_stuck_image(stack, production_runtime, labeled_images, monkeypatch):
+    import redis
+
+    from workers import tasks
+
+    [image_id] = queue_images(production_runtime, class_images(labeled_images, "polyp", 1))
+    _set(production_runtime, [image_id], status_changed_at=datetime.now(UTC) - timedelta(hours=1))
+    monkeypatch.setattr(tasks, "_runtime", production_runtime)
+
+    report = tasks.reconcile_task.apply().get()
+
+    assert report["stuck_queued"] == 1
+    assert report["requeued"] == 1
+    broker = redis.Redis.from_url(stack.settings.broker_url)
+    assert broker.llen("embed") == 1
+    assert str(image_id) in broker.lindex("embed", 0).decode()
