@@ -94,6 +94,15 @@ def test_lora_checkpoint_card_records_the_run(tiny_run):
     assert result.checkpoint.with_suffix(".json").is_file()
 
 
+def run_command(argv: list[str]) -> int:
+    """Run an endodoc subcommand's handler without `main`, which would reconfigure logging for later tests."""
+    from services.cli import build_parser
+    from services.settings import Settings
+
+    args = build_parser().parse_args(argv)
+    return args.handler(args, Settings())
+
+
 @pytest.fixture(scope="module")
 def lite_checkpoint(small_folder, tmp_path_factory):
     settings = TrainSettings(mode="head", epochs=3, batch_size=12, lr=1e-3, seed=0, val_fraction=0.25)
@@ -163,11 +172,9 @@ def test_empty_folder_is_rejected(tmp_path):
 
 
 def test_train_command_rejects_empty_folder_without_output(tmp_path, capsys):
-    from services.cli import main
-
     (tmp_path / "images" / "polyp").mkdir(parents=True)
     out = tmp_path / "model.safetensors"
-    assert main(["train", "--images", str(tmp_path / "images"), "--out", str(out), "--no-progress"]) == 2
+    assert run_command(["train", "--images", str(tmp_path / "images"), "--out", str(out), "--no-progress"]) == 2
     assert "No images found" in capsys.readouterr().err
     assert not out.exists()
     assert not out.with_suffix(".json").exists()
@@ -176,10 +183,8 @@ def test_train_command_rejects_empty_folder_without_output(tmp_path, capsys):
 def test_evaluate_command_writes_report_and_confusion_matrix(lite_checkpoint, small_folder, tmp_path, capsys):
     import json
 
-    from services.cli import main
-
     out = tmp_path / "report"
-    code = main(["evaluate", "--gallery", str(small_folder), "--queries", str(small_folder),
+    code = run_command(["evaluate", "--gallery", str(small_folder), "--queries", str(small_folder),
                  "--checkpoint", str(lite_checkpoint.checkpoint), "--ablation", "--out", str(out), "--no-progress"])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
@@ -193,12 +198,10 @@ def test_evaluate_command_writes_report_and_confusion_matrix(lite_checkpoint, sm
 
 
 def test_evaluate_command_rejects_corrupted_checkpoint(small_folder, tmp_path, capsys):
-    from services.cli import main
-
     corrupted = tmp_path / "broken.safetensors"
     corrupted.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
     out = tmp_path / "report"
-    code = main(["evaluate", "--gallery", str(small_folder), "--queries", str(small_folder),
+    code = run_command(["evaluate", "--gallery", str(small_folder), "--queries", str(small_folder),
                  "--checkpoint", str(corrupted), "--out", str(out), "--no-progress"])
     assert code == 2
     assert "not a valid safetensors file" in capsys.readouterr().err
