@@ -75,8 +75,8 @@ class DecodedImages:
     def inputs(self, indices: Sequence[int] | torch.Tensor, device: torch.device, *, flips: torch.Tensor | None = None):
         """Return one normalised input batch per branch for the given rows.
 
-        `flips` is an optional (n, 2) bool tensor: horizontal and vertical flips per row, the
-        augmentation used in training (endoscopy frames have no canonical orientation).
+        `flips` is an optional (n, 2) bool tensor of horizontal and vertical flips per row, the
+        augmentation that LoRA training uses.
         """
         index = torch.as_tensor(indices, dtype=torch.long)
         batches: dict[Transform, torch.Tensor] = {}
