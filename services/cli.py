@@ -210,7 +210,15 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from services.api.app import create_app
 
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    runtime = _runtime(settings)
+    if not settings.broker_url:
+        # This process embeds uploads: load the model and open the vector store now, so a bad
+        # weight setting or a store held by another process stops the server at start.
+        runtime.collections()
+    try:
+        uvicorn.run(create_app(settings, runtime=runtime), host=args.host, port=args.port, log_level="info")
+    finally:
+        runtime.close()
     return 0
 
 

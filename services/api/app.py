@@ -10,6 +10,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.api.errors import ERROR_RESPONSES, ApiError, error_response
@@ -17,11 +18,12 @@ from services.api.routes import images, procedures, search, sites, ui
 from services.api.schemas import SearchRequest
 from services.catalog.queries import CatalogError
 from services.coverage.landmarks import UnknownLandmarkSetError
+from services.embedding.errors import WeightsError
 from services.ingest.dispatch import EmbeddingQueue, make_queue
 from services.runtime import Runtime
 from services.schema import ensure_schema
 from services.settings import Settings
-
+from services.vectors import VectorIndexError
 
 logger = structlog.get_logger(__name__)
 
@@ -112,3 +114,25 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(UnknownLandmarkSetError)
     async def handle_catalog_error(_request: Request, error: Exception) -> JSONResponse:
         return error_response(422, "invalid_value", str(error))
+
+    @app.exception_handler(WeightsError)
+    async def handle_weights_error(request: Request, error: WeightsError) -> JSONResponse:
+        logger.error("model_unavailable", path=request.url.path, error=str(error))
+        return error_response(503, "model_unavailable", f"the embedding model could not be loaded: {error}")
+
+    @app.exception_handler(VectorIndexError)
+    async def handle_vector_error(request: Request, error: VectorIndexError) -> JSONResponse:
+        logger.error("vector_store_unavailable", path=request.url.path, error=str(error))
+        return error_response(503, "vector_store_unavailable", str(error))
+
+    @app.exception_handler(OperationalError)
+    async def handle_database_error(request: Request, error: OperationalError) -> JSONResponse:
+        logger.error("database_unavailable", path=request.url.path, error=str(error.orig))
+        return error_response(
+            503, "database_unavailable", "the catalog database is unavailable; retry later or check ENDODOC_DATABASE_URL"
+        )
+
+    @app.exception_handler(Exception)
+    async def handle_unexpected_error(request: Request, error: Exception) -> JSONResponse:
+        logger.exception("request_failed", path=request.url.path, error_type=type(error).__name__)
+        return error_response(500, "internal_error", "the server failed to handle the request; see the server log")

@@ -124,3 +124,30 @@ def test_unknown_landmark_set_is_422(client):
     response = client.post("/v1/procedures", json={**PROCEDURE, "landmark_set": "nope"})
     assert response.status_code == 422
     assert "'nope'" in response.json()["error"]["message"]
+
+
+
+def test_missing_weights_is_503_json(settings, labeled_images):
+    """A runtime whose model cannot load answers coverage with a JSON 503, not a bare 500."""
+    from pydantic import SecretStr
+
+    from services.runtime import Runtime
+    from services.schema import ensure_schema
+    from tests.api.conftest import ADMIN, ADMIN_KEY, procedure_body
+
+    settings.admin_api_key = SecretStr(ADMIN_KEY)
+    settings.model.profile = "dinov2"
+    settings.model.dinov2_weights = settings.data_dir / "missing-dinov2.pth"
+    broken = Runtime(settings)
+    ensure_schema(broken)
+    with TestClient(create_app(settings, runtime=broken, queue=HeldQueue())) as client:
+        site = client.post("/v1/sites", json={"slug": "weights", "name": "Weights"}, headers=ADMIN).json()
+        key = client.post(f"/v1/sites/{site['id']}/api-keys", json={"name": "t"}, headers=ADMIN).json()["secret"]
+        headers = {"Authorization": f"Bearer {key}"}
+        procedure = client.post("/v1/procedures", json=procedure_body(), headers=headers).json()
+        response = client.get(f"/v1/procedures/{procedure['id']}/coverage", headers=headers)
+    broken.close()
+
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "model_unavailable"
+    assert "missing-dinov2.pth" in response.json()["error"]["message"]
