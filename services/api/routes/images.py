@@ -180,6 +180,20 @@ def render_thumbnail(runtime: Runtime, image: Image | ReferenceImage, size: int)
     return output.getvalue()
 
 
+def check_thumbnail_size(size: int) -> None:
+    if size not in THUMBNAIL_SIZES:
+        raise ApiError(422, "invalid_value", f"invalid thumbnail size {size}: use one of {list(THUMBNAIL_SIZES)}")
+
+
+def thumbnail_response(runtime: Runtime, row: Image | ReferenceImage, size: int) -> Response:
+    """Answer with a JPEG thumbnail that the browser may cache privately for an hour."""
+    return Response(
+        render_thumbnail(runtime, row, size),
+        media_type="image/jpeg",
+        headers={"Cache-Control": "private, max-age=3600"},
+    )
+
+
 @router.get(
     "/v1/images/{image_id}/thumbnail",
     tags=["images"],
@@ -194,14 +208,8 @@ def get_thumbnail(
     size: Annotated[int, Query(description=f"Maximum width and height in pixels, one of {THUMBNAIL_SIZES}.")] = 256,
 ) -> Response:
     """Return a JPEG thumbnail of the image."""
-    if size not in THUMBNAIL_SIZES:
-        raise ApiError(422, "invalid_value", f"invalid thumbnail size {size}: use one of {list(THUMBNAIL_SIZES)}")
-    image = image_for(session, principal, image_id)
-    return Response(
-        render_thumbnail(runtime, image, size),
-        media_type="image/jpeg",
-        headers={"Cache-Control": "private, max-age=3600"},
-    )
+    check_thumbnail_size(size)
+    return thumbnail_response(runtime, image_for(session, principal, image_id), size)
 
 
 def reference_for(session: Session, principal: Principal, reference_id: uuid.UUID) -> ReferenceImage:
@@ -228,14 +236,8 @@ def get_reference_thumbnail(
     size: Annotated[int, Query(description=f"Maximum width and height in pixels, one of {THUMBNAIL_SIZES}.")] = 256,
 ) -> Response:
     """Return a JPEG thumbnail of a reference image that supports a prediction (evidence)."""
-    if size not in THUMBNAIL_SIZES:
-        raise ApiError(422, "invalid_value", f"invalid thumbnail size {size}: use one of {list(THUMBNAIL_SIZES)}")
-    reference = reference_for(session, principal, reference_id)
-    return Response(
-        render_thumbnail(runtime, reference, size),
-        media_type="image/jpeg",
-        headers={"Cache-Control": "private, max-age=3600"},
-    )
+    check_thumbnail_size(size)
+    return thumbnail_response(runtime, reference_for(session, principal, reference_id), size)
 
 
 @router.post("/v1/images/{image_id}/reviews", status_code=status.HTTP_201_CREATED, tags=["review"])
