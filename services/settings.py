@@ -114,7 +114,6 @@ class Settings(BaseSettings):
             return self.broker_visibility_timeout_s
         return 2 * self.task_time_limit_s
 
-
     @property
     def embedded(self) -> bool:
         """Return True when no server URL is set and everything runs in this process."""

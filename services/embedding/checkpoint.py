@@ -12,8 +12,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +29,7 @@ from services.embedding.head import FusionHead
 from services.embedding.lora import LoraSettings, add_lora, adapted_modules, adapter_state, load_adapter_state
 from services.embedding.model import EmbeddingModel
 from services.embedding.weights import LoadedBranch
+from services.files import write_atomically
 
 logger = structlog.get_logger(__name__)
 
@@ -116,8 +115,8 @@ def save_checkpoint(
     data = save_safetensors(tensors, metadata={CARD_METADATA_KEY: json.dumps(card, sort_keys=True)})
     sha256 = hashlib.sha256(data).hexdigest()
     card_path = path.with_suffix(".json")
-    _write_atomically(path, data)
-    _write_atomically(card_path, (json.dumps({**card, "sha256": sha256}, indent=2, sort_keys=True) + "\n").encode())
+    write_atomically(path, data)
+    write_atomically(card_path, (json.dumps({**card, "sha256": sha256}, indent=2, sort_keys=True) + "\n").encode())
     logger.info("checkpoint_saved", path=str(path), sha256=sha256[:12], tensors=len(tensors))
     return sha256
 
@@ -270,17 +269,3 @@ def _safetensors_metadata(data: bytes) -> dict[str, str]:
     if not isinstance(metadata, dict):
         raise ValueError("metadata is not a mapping")
     return metadata
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
