@@ -200,6 +200,11 @@ def cmd_coverage(args: argparse.Namespace, settings: Settings) -> int:
           f"coverage {report.coverage:.0%}")
     for landmark in report.landmarks:
         where = f" by image {landmark.image_id} (score {landmark.score:.2f})" if landmark.image_id else ""
+        if landmark.candidate_image_id:
+            where = (
+                f" (best candidate: image {landmark.candidate_image_id}, score {landmark.candidate_score:.2f}, "
+                f"below the threshold {settings.coverage.min_score:.2f})"
+            )
         print(f"  {landmark.code:<28} {landmark.status}{where}")
     print(f"  images: {format_image_counts(report.images)}")
     return 0

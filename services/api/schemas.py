@@ -182,6 +182,11 @@ class LandmarkCoveragePublic(BaseModel):
     image_id: str | None
     score: float | None
     evidence: list[EvidencePublic]
+    candidate_image_id: str | None = Field(
+        default=None,
+        description="For a landmark not documented: the image labeled with it at the highest score below the threshold.",
+    )
+    candidate_score: float | None = Field(default=None, description="That image's vote share.")
 
 
 class ObservedClassPublic(BaseModel):

@@ -26,6 +26,10 @@ class LandmarkCoverage:
     image_id: str | None = None
     score: float | None = None
     evidence: list[dict[str, Any]] = field(default_factory=list)
+    # For a landmark that is not documented: the image whose prediction names it with the
+    # highest vote share below the threshold, for a reviewer to check.
+    candidate_image_id: str | None = None
+    candidate_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -76,17 +80,16 @@ def procedure_coverage(
         image.status == ImageStatus.QUEUED or (image.status == ImageStatus.EMBEDDED and prediction is None)
         for image, prediction in rows
     )
-    best: dict[str, Prediction] = {}
+    strongest: dict[str, Prediction] = {}
     label_counts: Counter[str] = Counter()
     for _image, prediction in rows:
         if prediction is None:
             continue
         label_counts[prediction.landmark_code] += 1
-        if prediction.score < min_score:
-            continue
-        current = best.get(prediction.landmark_code)
+        current = strongest.get(prediction.landmark_code)
         if current is None or prediction.score > current.score:
-            best[prediction.landmark_code] = prediction
+            strongest[prediction.landmark_code] = prediction
+    best = {code: prediction for code, prediction in strongest.items() if prediction.score >= min_score}
 
     landmarks = []
     for landmark in landmark_set.required:
@@ -103,8 +106,15 @@ def procedure_coverage(
                 )
             )
         else:
+            candidate = strongest.get(landmark.code)
             landmarks.append(
-                LandmarkCoverage(code=landmark.code, name=landmark.name, status="pending" if waiting else "missing")
+                LandmarkCoverage(
+                    code=landmark.code,
+                    name=landmark.name,
+                    status="pending" if waiting else "missing",
+                    candidate_image_id=str(candidate.image_id) if candidate is not None else None,
+                    candidate_score=round(candidate.score, 4) if candidate is not None else None,
+                )
             )
 
     documented = sum(1 for item in landmarks if item.status == "documented")

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from services.api.auth import KEY_COOKIE, PagePrincipalDep, authenticate
 from services.api.deps import RuntimeDep, SessionDep, image_for, procedure_for, site_for
 from services.api.errors import ApiError
-from services.api.routes.images import reference_for, render_thumbnail
+from services.api.routes.images import reference_for, thumbnail_response
 from services.api.routes.procedures import coverage_status
 from services.catalog.models import Procedure, Site
 from services.coverage.landmarks import get_landmark_set
@@ -135,17 +135,11 @@ def site_page(
 
 @router.get("/images/{image_id}/thumbnail")
 def page_thumbnail(image_id: uuid.UUID, principal: PagePrincipalDep, session: SessionDep, runtime: RuntimeDep) -> Response:
-    image = image_for(session, principal, image_id)
-    return Response(
-        render_thumbnail(runtime, image, 256), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"}
-    )
+    return thumbnail_response(runtime, image_for(session, principal, image_id), 256)
 
 
 @router.get("/references/{reference_id}/thumbnail")
 def page_reference_thumbnail(
     reference_id: uuid.UUID, principal: PagePrincipalDep, session: SessionDep, runtime: RuntimeDep
 ) -> Response:
-    reference = reference_for(session, principal, reference_id)
-    return Response(
-        render_thumbnail(runtime, reference, 128), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"}
-    )
+    return thumbnail_response(runtime, reference_for(session, principal, reference_id), 128)
