@@ -298,7 +298,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings()
     except ValidationError as error:
         problems = "; ".join(
-            f"ENDODOC_{'__'.join(str(part) for part in item['loc']).upper()}: {item['msg']}" for item in error.errors()
+            f"ENDODOC_{'__'.join(str(part) for part in item['loc']).upper()}: {item['msg']}"
+            if item["loc"]
+            else item["msg"].removeprefix("Value error, ")
+            for item in error.errors()
         )
         print(f"endodoc: error: invalid settings: {problems}", file=sys.stderr)
         return 2

@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ProfileName = Literal[
@@ -113,6 +113,17 @@ class Settings(BaseSettings):
         if self.broker_visibility_timeout_s is not None:
             return self.broker_visibility_timeout_s
         return 2 * self.task_time_limit_s
+
+    @model_validator(mode="after")
+    def _check_visibility_timeout(self) -> Settings:
+        """Reject a broker visibility timeout that would redeliver tasks while they still run."""
+        if self.broker_visibility_timeout_s is not None and self.broker_visibility_timeout_s <= self.task_time_limit_s:
+            raise ValueError(
+                f"ENDODOC_BROKER_VISIBILITY_TIMEOUT_S={self.broker_visibility_timeout_s} is not above "
+                f"ENDODOC_TASK_TIME_LIMIT_S={self.task_time_limit_s}: Redis would hand a running task to a "
+                "second worker; raise the visibility timeout or unset it (default: twice the time limit)"
+            )
+        return self
 
     @property
     def embedded(self) -> bool:

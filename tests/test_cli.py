@@ -75,3 +75,11 @@ def test_invalid_setting_names_variable(data_dir, monkeypatch, capsys):
     monkeypatch.setenv("ENDODOC_MODEL__PROFILE", "dinov3")
     assert main(["coverage", "abc"]) == 2
     assert "ENDODOC_MODEL__PROFILE" in capsys.readouterr().err
+
+
+def test_short_visibility_timeout_is_rejected(data_dir, monkeypatch, capsys):
+    monkeypatch.setenv("ENDODOC_BROKER_VISIBILITY_TIMEOUT_S", "100")
+    assert main(["coverage", "abc"]) == 2
+    error = capsys.readouterr().err
+    assert "ENDODOC_BROKER_VISIBILITY_TIMEOUT_S=100 is not above ENDODOC_TASK_TIME_LIMIT_S=600" in error
+    assert "Traceback" not in error

@@ -58,6 +58,18 @@ class CoverageReport:
         return asdict(self)
 
 
+def awaits_prediction(status: ImageStatus, embedded_under: str | None, predicted: bool, model_version: str) -> bool:
+    """Return True when an image will still get a prediction of `model_version`.
+
+    That is a queued image, or one embedded under another model (a reindex will redo it). An
+    image embedded under this model without a prediction had no reference images to vote, so
+    it is not waiting for anything.
+    """
+    if status == ImageStatus.QUEUED:
+        return True
+    return status == ImageStatus.EMBEDDED and not predicted and embedded_under != model_version
+
+
 def procedure_coverage(
     session: Session, procedure: Procedure, model_version: str, min_score: float
 ) -> CoverageReport:
@@ -65,7 +77,7 @@ def procedure_coverage(
 
     A required landmark is documented by the image whose prediction names it with the highest
     vote share, at least `min_score`. Without such an image it is pending while any image still
-    waits for a prediction of this model version, and missing otherwise.
+    awaits a prediction of this model version (`awaits_prediction`), and missing otherwise.
     """
     landmark_set = get_landmark_set(procedure.landmark_set)
     rows = session.execute(
@@ -76,10 +88,8 @@ def procedure_coverage(
     ).all()
 
     status_counts = Counter(image.status.value for image, _ in rows)
-    waiting = any(
-        image.status == ImageStatus.QUEUED or (image.status == ImageStatus.EMBEDDED and prediction is None)
-        for image, prediction in rows
-    )
+    waiting = any(awaits_prediction(image.status, image.model_version, prediction is not None, model_version)
+                  for image, prediction in rows)
     strongest: dict[str, Prediction] = {}
     label_counts: Counter[str] = Counter()
     for _image, prediction in rows:

@@ -12,9 +12,9 @@ from typing import Any
 from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
-from services.catalog.models import Image, ImageStatus, Prediction, Procedure
+from services.catalog.models import Image, Prediction, Procedure
 from services.coverage.landmarks import get_landmark_set
-from services.coverage.report import LandmarkStatus
+from services.coverage.report import LandmarkStatus, awaits_prediction
 
 
 def landmark_statuses(
@@ -29,15 +29,15 @@ def landmark_statuses(
     if not procedures:
         return {}
     rows = session.execute(
-        select(Image.procedure_id, Image.status, Prediction.landmark_code, Prediction.score)
+        select(Image.procedure_id, Image.status, Image.model_version, Prediction.landmark_code, Prediction.score)
         .outerjoin(Prediction, and_(Prediction.image_id == Image.id, Prediction.model_version == model_version))
         .where(Image.procedure_id.in_([procedure.id for procedure in procedures]))
     ).all()
 
     documented: dict[uuid.UUID, set[str]] = defaultdict(set)
     waiting: set[uuid.UUID] = set()
-    for procedure_id, status, landmark_code, score in rows:
-        if status == ImageStatus.QUEUED or (status == ImageStatus.EMBEDDED and landmark_code is None):
+    for procedure_id, status, embedded_under, landmark_code, score in rows:
+        if awaits_prediction(status, embedded_under, landmark_code is not None, model_version):
             waiting.add(procedure_id)
         if landmark_code is not None and score >= min_score:
             documented[procedure_id].add(landmark_code)

@@ -163,6 +163,13 @@ def embed_images(
             runtime.vectors.search(references_collection, vector, coverage.knn_k, where)
             for vector, where in zip(vectors, site_filters, strict=True)
         ]
+        if not any(neighbours):
+            logger.warning(
+                "no_reference_images",
+                collection=references_collection,
+                image_count=len(decoded),
+                fix="add labeled reference images with `endodoc gallery add` before coverage can document landmarks",
+            )
         points = []
         now = datetime.now(UTC)
         for (image, _), vector, hits in zip(decoded, vectors, neighbours, strict=True):

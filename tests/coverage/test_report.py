@@ -13,7 +13,8 @@ MODEL = "test-model"
 
 
 def add_image(session, procedure, number: int, status: ImageStatus, label: str | None = None, score: float = 0.0):
-    image = Image(procedure_id=procedure.id, sha256=f"{number:064x}", status=status)
+    embedded_under = MODEL if status == ImageStatus.EMBEDDED else None
+    image = Image(procedure_id=procedure.id, sha256=f"{number:064x}", status=status, model_version=embedded_under)
     session.add(image)
     session.flush()
     if label is not None:
@@ -90,3 +91,13 @@ def test_failed_images_alone_leave_landmark_missing(runtime):
 
     assert report.landmarks[0].status == "missing"
     assert report.images["failed"] == 1
+
+
+def test_embedded_without_references_is_missing(runtime):
+    # Embedded under the current model with no prediction: the gallery had no references.
+    with unit_of_work(runtime.sessions) as session:
+        procedure = new_procedure(session)
+        add_image(session, procedure, 1, ImageStatus.EMBEDDED)
+        report = procedure_coverage(session, procedure, MODEL, min_score=0.8)
+
+    assert report.landmarks[0].status == "missing"
