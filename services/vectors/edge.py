@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -35,6 +36,26 @@ KEYWORD_FIELDS = ("site_id", "procedure_id", "label")
 # from other threads are not blocked for a whole large upsert.
 UPSERT_BATCH_SIZE = 256
 
+# HNSW graph of each shard. m and ef_construct are Qdrant's defaults. full_scan_threshold
+# is in KB of vectors: a filtered search whose matching points are estimated below it
+# scores them exactly through the payload index instead of walking the graph, which at
+# 512 dims (2 KB a vector) covers a site of up to 5,000 points.
+HNSW_M = 16
+HNSW_EF_CONSTRUCT = 100
+HNSW_FULL_SCAN_THRESHOLD_KB = 10_000
+
+# Segments with more vector data than this (in KB) get an HNSW index when the optimizer
+# runs; smaller ones are searched by brute force. Qdrant's default.
+INDEXING_THRESHOLD_KB = 10_000
+
+# Candidates kept while walking the HNSW graph in a search. It was chosen with
+# bench/vector_search.py; docs/benchmarks.md has the recall and latency behind it.
+SEARCH_HNSW_EF = 128
+
+# An upsert that leaves more points than this outside the HNSW index runs the optimizer
+# before it returns, so bulk loads end up indexed while small upserts stay fast.
+OPTIMIZE_AFTER_UNINDEXED_POINTS = 20_000
+
 # qdrant-edge 0.9.0 takes a lock on the shard's write-ahead log and reports a held lock
 # with this OS error kind in its message.
 _LOCKED_MARKER = "WouldBlock"
@@ -49,6 +70,9 @@ class _Shard:
     path: Path
     lock: threading.Lock = field(default_factory=threading.Lock)
     closed: bool = False
+    # Points left outside the HNSW index by the last optimizer run, which the optimizer
+    # does not index while their segments are below its indexing threshold.
+    unindexed_after_optimize: int = 0
 
 
 class EdgeVectorIndex:
@@ -60,10 +84,34 @@ class EdgeVectorIndex:
     shard's lock, so one instance may be shared by request threads and a background
     upsert thread. qdrant-edge locks a shard folder to one open handle, so only one
     process (and one instance in it) may use `root` at a time.
+
+    Upserted points are searched by brute force until the optimizer builds their HNSW
+    index. `upsert` runs it once more than `optimize_after_unindexed_points` points wait,
+    and bulk loaders may call `optimize` themselves after their last upsert.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        hnsw_ef: int = SEARCH_HNSW_EF,
+        optimize_after_unindexed_points: int = OPTIMIZE_AFTER_UNINDEXED_POINTS,
+        indexing_threshold_kb: int = INDEXING_THRESHOLD_KB,
+        full_scan_threshold_kb: int = HNSW_FULL_SCAN_THRESHOLD_KB,
+    ) -> None:
+        for name, value in (
+            ("hnsw_ef", hnsw_ef),
+            ("optimize_after_unindexed_points", optimize_after_unindexed_points),
+            ("indexing_threshold_kb", indexing_threshold_kb),
+            ("full_scan_threshold_kb", full_scan_threshold_kb),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"invalid {name} {value!r}: pass a positive integer")
         self._root = Path(root)
+        self._hnsw_ef = hnsw_ef
+        self._optimize_after_unindexed_points = optimize_after_unindexed_points
+        self._indexing_threshold_kb = indexing_threshold_kb
+        self._full_scan_threshold_kb = full_scan_threshold_kb
         self._shards: dict[str, _Shard] = {}
         # Guards `_shards` and the opening of shards.
         self._registry_lock = threading.Lock()
@@ -87,6 +135,34 @@ class EdgeVectorIndex:
             with self._using(shard, collection, "upsert"):
                 shard.shard.update(edge.UpdateOperation.upsert_points(batch))
 
+        if edge_points and self._unindexed_points(shard, collection) - shard.unindexed_after_optimize > (
+            self._optimize_after_unindexed_points
+        ):
+            self.optimize(collection)
+
+    def optimize(self, collection: str) -> bool:
+        """Build the HNSW index of unindexed points and merge small segments, blocking until done.
+
+        Searches and upserts on this collection wait while it runs: about a minute for
+        100,000 points of 512 dims on 2 cores. Returns whether anything was optimised.
+        """
+        shard = self._get_shard(collection)
+        started = time.perf_counter()
+        with self._using(shard, collection, "optimize"):
+            changed = shard.shard.optimize()
+            info = shard.shard.info()
+        shard.unindexed_after_optimize = info.points_count - info.indexed_vectors_count
+        logger.info(
+            "vector_shard_optimized",
+            collection=collection,
+            changed=changed,
+            points=info.points_count,
+            indexed_vectors=info.indexed_vectors_count,
+            segments=info.segments_count,
+            duration_s=round(time.perf_counter() - started, 3),
+        )
+        return changed
+
     def search(
         self, collection: str, vector: np.ndarray, limit: int, where: PayloadFilter | None = None
     ) -> list[VectorHit]:
@@ -94,7 +170,7 @@ class EdgeVectorIndex:
         shard = self._get_shard(collection)
         query = as_vector(vector, shard.dim, collection)
         check_limit(limit)
-        request = _query_request(query, limit, where)
+        request = _query_request(query, limit, where, self._hnsw_ef)
         with self._using(shard, collection, "search"):
             scored = shard.shard.query(request)
         return [_hit(point) for point in scored]
@@ -108,7 +184,7 @@ class EdgeVectorIndex:
         check_limit(limit)
         if len(queries) == 0:
             return []
-        requests = [_query_request(query, limit, where) for query in queries]
+        requests = [_query_request(query, limit, where, self._hnsw_ef) for query in queries]
         with self._using(shard, collection, "search_batch"):
             results = shard.shard.query_batch(edge.QueryBatchRequest(requests))
         return [[_hit(point) for point in scored] for scored in results]
@@ -182,6 +258,11 @@ class EdgeVectorIndex:
                 f"failed to flush or close a qdrant-edge shard under {self._root}: {first_error}"
             ) from first_error
 
+    def _unindexed_points(self, shard: _Shard, collection: str) -> int:
+        with self._using(shard, collection, "info"):
+            info = shard.shard.info()
+        return info.points_count - info.indexed_vectors_count
+
     @contextmanager
     def _using(self, shard: _Shard, collection: str, action: str) -> Iterator[None]:
         """Hold the shard lock and turn qdrant-edge errors into VectorIndexError."""
@@ -238,7 +319,13 @@ class EdgeVectorIndex:
                 f"collection {name!r} not found under {self._root}: call ensure_collection first"
             )
 
-        config = edge.EdgeConfig(vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine))
+        config = edge.EdgeConfig(
+            vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine),
+            hnsw_config=edge.HnswIndexConfig(
+                m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=self._full_scan_threshold_kb
+            ),
+            optimizers=edge.EdgeOptimizersConfig(indexing_threshold=self._indexing_threshold_kb),
+        )
         try:
             if shard_exists:
                 # With a config, load checks it against the stored segments and rejects another dim.
@@ -277,18 +364,24 @@ class EdgeVectorIndex:
             existing = shard.shard.info().payload_schema
             for field_name in KEYWORD_FIELDS:
                 if field_name not in existing:
-                    shard.shard.update(
-                        edge.UpdateOperation.create_field_index(field_name, edge.PayloadSchemaType.Keyword)
-                    )
+                    shard.shard.update(edge.UpdateOperation.create_field_index(field_name, _keyword_index(field_name)))
 
 
-def _query_request(vector: np.ndarray, limit: int, where: PayloadFilter | None) -> edge.QueryRequest:
+def _keyword_index(field_name: str) -> edge.KeywordIndexParams:
+    """Return keyword index params, marking `site_id` as the tenant field so each site's points are stored together."""
+    return edge.KeywordIndexParams(is_tenant=field_name == "site_id")
+
+
+def _query_request(
+    vector: np.ndarray, limit: int, where: PayloadFilter | None, hnsw_ef: int
+) -> edge.QueryRequest:
     return edge.QueryRequest(
         limit=limit,
         query=edge.Query.Nearest(vector.tolist()),
         filter=_edge_filter(where),
         with_payload=True,
         with_vector=False,
+        params=edge.SearchParams(hnsw_ef=hnsw_ef),
     )
 
 

@@ -218,3 +218,73 @@ def test_edge_upsert_accepts_float64_vectors(root: Path) -> None:
         np.testing.assert_allclose(stored.vector, [0.6, 0.0, 0.8, 0.0], atol=1e-6)
     finally:
         index.close()
+
+
+def clustered_points(count: int, dim: int, seed: int = 11) -> list[VectorPoint]:
+    """Build `count` points around 20 centres, split over sites `a` and `b`."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(20, dim))
+    points = []
+    for i in range(count):
+        vector = centres[i % len(centres)] + 0.3 * rng.normal(size=dim)
+        payload = {"site_id": "a" if i % 2 else "b", "label": f"cluster-{i % len(centres)}"}
+        points.append(VectorPoint(id=uuid.UUID(int=i + 1), vector=vector.astype(np.float32), payload=payload))
+    return points
+
+
+def graph_index(root: Path, **options: int) -> EdgeVectorIndex:
+    """Open an index whose optimizer builds HNSW graphs for small segments and whose searches use them."""
+    return EdgeVectorIndex(root, indexing_threshold_kb=10, full_scan_threshold_kb=1, **options)
+
+
+def test_edge_optimize_keeps_nearest_neighbours(root: Path) -> None:
+    points = clustered_points(2000, DIM)
+    queries = np.random.default_rng(5).normal(size=(20, DIM)).astype(np.float32)
+    index = graph_index(root, optimize_after_unindexed_points=1_000_000)
+    try:
+        index.ensure_collection(COLLECTION, DIM)
+        index.upsert(COLLECTION, points)
+
+        def neighbours() -> list[list[uuid.UUID]]:
+            found = []
+            for query in queries:
+                found.append([hit.id for hit in index.search(COLLECTION, query, 10)])
+                found.append([hit.id for hit in index.search(COLLECTION, query, 10, {"site_id": "a"})])
+            return found
+
+        before = neighbours()
+        assert index.optimize(COLLECTION) is True
+        after = neighbours()
+
+        assert after == before
+        assert index.count(COLLECTION) == len(points)
+    finally:
+        index.close()
+
+
+def test_edge_large_upsert_runs_optimizer(root: Path) -> None:
+    index = graph_index(root, optimize_after_unindexed_points=500)
+    try:
+        index.ensure_collection(COLLECTION, DIM)
+        index.upsert(COLLECTION, clustered_points(2000, DIM))
+
+        assert index.optimize(COLLECTION) is False
+    finally:
+        index.close()
+
+
+def test_edge_small_upsert_leaves_optimizer_to_caller(root: Path) -> None:
+    index = graph_index(root, optimize_after_unindexed_points=5000)
+    try:
+        index.ensure_collection(COLLECTION, DIM)
+        index.upsert(COLLECTION, clustered_points(2000, DIM))
+
+        assert index.optimize(COLLECTION) is True
+    finally:
+        index.close()
+
+
+@pytest.mark.parametrize("option", ["hnsw_ef", "optimize_after_unindexed_points", "indexing_threshold_kb"])
+def test_edge_rejects_non_positive_option(root: Path, option: str) -> None:
+    with pytest.raises(ValueError, match=f"invalid {option} 0"):
+        EdgeVectorIndex(root, **{option: 0})
