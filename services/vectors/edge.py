@@ -36,10 +36,10 @@ KEYWORD_FIELDS = ("site_id", "procedure_id", "label")
 # from other threads are not blocked for a whole large upsert.
 UPSERT_BATCH_SIZE = 256
 
-# HNSW graph of each shard. m and ef_construct are Qdrant's defaults. full_scan_threshold
-# is in KB of vectors: a filtered search whose matching points are estimated below it
-# scores them exactly through the payload index instead of walking the graph, which at
-# 512 dims (2 KB a vector) covers a site of up to 5,000 points.
+# HNSW graph of each shard, where m and ef_construct are Qdrant's defaults. A filtered
+# search whose matching vectors are estimated below full_scan_threshold (in KB) scores
+# them exactly through the payload index instead of walking the graph. At 512 dims
+# (2 KB a vector) that covers a site of up to 5,000 points.
 HNSW_M = 16
 HNSW_EF_CONSTRUCT = 100
 HNSW_FULL_SCAN_THRESHOLD_KB = 10_000
@@ -143,8 +143,9 @@ class EdgeVectorIndex:
     def optimize(self, collection: str) -> bool:
         """Build the HNSW index of unindexed points and merge small segments, blocking until done.
 
-        Searches and upserts on this collection wait while it runs: about a minute for
-        100,000 points of 512 dims on 2 cores. Returns whether anything was optimised.
+        Searches and upserts on this collection wait while it runs, which took 25 s for
+        100,000 points of 512 dims on 2 cores (bench/vector_search.py). Returns whether
+        anything was optimised.
         """
         shard = self._get_shard(collection)
         started = time.perf_counter()
@@ -368,7 +369,10 @@ class EdgeVectorIndex:
 
 
 def _keyword_index(field_name: str) -> edge.KeywordIndexParams:
-    """Return keyword index params, marking `site_id` as the tenant field so each site's points are stored together."""
+    """Return keyword index params, marking `site_id` as the tenant field so each site's points are stored together.
+
+    Indexes are only created when missing, so shards created before keep a plain `site_id` index.
+    """
     return edge.KeywordIndexParams(is_tenant=field_name == "site_id")
 
 
