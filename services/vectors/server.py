@@ -23,6 +23,7 @@ from services.vectors.validation import (
     check_limit,
     check_point,
     filter_terms,
+    points_in_order,
     unique_ids,
 )
 
@@ -191,16 +192,7 @@ class QdrantServerIndex:
                 collection_name=collection, ids=point_ids, with_payload=True, with_vectors=True
             )
 
-        by_id = {str(record.id): record for record in records}
-        return [
-            VectorPoint(
-                id=uuid.UUID(point_id),
-                vector=np.asarray(by_id[point_id].vector, dtype=np.float32),
-                payload=dict(by_id[point_id].payload or {}),
-            )
-            for point_id in point_ids
-            if point_id in by_id
-        ]
+        return points_in_order(point_ids, records)
 
     def count(self, collection: str, where: PayloadFilter | None = None) -> int:
         """Return the exact number of points matching `where` (all points when None)."""

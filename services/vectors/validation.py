@@ -1,10 +1,10 @@
-"""Input checks shared by the vector index backends, run before any call to Qdrant."""
+"""Input checks and record conversion shared by the vector index backends."""
 
 from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -122,3 +122,20 @@ def unique_ids(ids: Sequence[uuid.UUID]) -> list[str]:
             raise TypeError(f"invalid point id {point_id!r}: expected a uuid.UUID (the image id)")
         result[str(point_id)] = None
     return list(result)
+
+
+def points_in_order(point_ids: Sequence[str], records: Iterable) -> list[VectorPoint]:
+    """Turn retrieved records into points in the order of `point_ids`, skipping ids not found.
+
+    Both backends' records have `id`, `vector` and `payload` attributes.
+    """
+    by_id = {str(record.id): record for record in records}
+    return [
+        VectorPoint(
+            id=uuid.UUID(point_id),
+            vector=np.asarray(by_id[point_id].vector, dtype=np.float32),
+            payload=dict(by_id[point_id].payload or {}),
+        )
+        for point_id in point_ids
+        if point_id in by_id
+    ]
