@@ -1,10 +1,11 @@
 """Measure vector search on realistic 512-d embeddings: build time, p50/p99 latency and recall@10.
 
 Uniform random vectors are a poor stand-in for image embeddings: they have no neighbourhood
-structure, so HNSW recall measured on them does not predict recall on real embeddings. This script embeds a few
-hundred real images with the `lite` model, projects the 1280-d vectors to 512 dims with a
-fixed seeded random orthogonal matrix, and grows them into 10k and 100k points by mixing
-each image with one of its nearest images and adding small Gaussian noise. Every point gets
+structure, so HNSW recall measured on them does not predict recall on real embeddings. This
+script embeds a few hundred real images with the `lite` model and projects the 1280-d
+vectors to 512 dims with a fixed seeded random orthogonal matrix. It grows them into 10k and
+100k points by mixing each image with one of its nearest images and adding small Gaussian
+noise. Every point gets
 a `site_id` payload (one of 20 sites) and the `label` of its source image.
 
 The default noise levels (0.015 and 0.03 per coordinate) put a query's nearest stored point

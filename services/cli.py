@@ -24,7 +24,7 @@ from services.vectors import VectorIndexError
 
 
 class CommandError(Exception):
-    """A command failed for a reason the user can fix; the message says how."""
+    """A command failed for a reason the user can fix; the message explains the fix."""
 
 
 def _runtime(settings: Settings):

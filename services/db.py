@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 
 def make_engine(database_url: str) -> Engine:
-    """Create an engine; SQLite gets its folder, foreign keys and WAL so readers never block."""
+    """Create an engine; SQLite gets its folder, foreign keys, and WAL so readers do not wait for writers."""
     url = make_url(database_url)
     if url.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)

@@ -59,7 +59,7 @@ class CoverageSettings(BaseModel):
         default=0.05, gt=0, description="Softmax temperature over cosine similarities for vote weights."
     )
     # With the untrained `lite` model on HyperKvasir, most wrong `normal-cecum` votes had a share
-    # below 0.8 while most right ones were above it; docs/benchmarks.md has the measurements.
+    # below 0.8, while most right ones were above it. docs/benchmarks.md has the measurements.
     min_score: float = Field(
         default=0.8, ge=0, le=1, description="Vote share a label needs before it documents a landmark."
     )
@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     coverage: CoverageSettings = Field(default_factory=CoverageSettings)
 
     upload_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1, description="Largest upload request body.")
-    upload_max_files: int = Field(default=200, ge=1, description="Most files in one upload request.")
+    upload_max_files: int = Field(default=200, ge=1, description="Maximum number of files in one upload request.")
     admin_api_key: SecretStr | None = Field(
         default=None, description="Admin API key for site and key management; unset: no admin access."
     )

@@ -16,7 +16,7 @@ SLUG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 
 
 class CatalogError(ValueError):
-    """A catalog request names an invalid or conflicting value; the message says which and why."""
+    """A catalog request names an invalid or conflicting value; the message names it and the reason."""
 
 
 def get_or_create_site(session: Session, slug: str, name: str | None = None) -> Site:
@@ -72,9 +72,9 @@ def get_or_create_procedure(
     return procedure, True
 
 
-def parse_uuid(value: str, what: str) -> uuid.UUID:
+def parse_uuid(value: str, kind: str) -> uuid.UUID:
     """Parse a UUID given by a user, or raise CatalogError naming the value."""
     try:
         return uuid.UUID(value)
     except ValueError:
-        raise CatalogError(f"invalid {what} id {value!r}: expected a UUID such as {uuid.UUID(int=0)}") from None
+        raise CatalogError(f"invalid {kind} id {value!r}: expected a UUID such as {uuid.UUID(int=0)}") from None

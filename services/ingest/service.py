@@ -1,9 +1,9 @@
 """Ingestion: validate and store uploads, then embed, index and label them.
 
-Uploads are split in two steps so a queue can sit between them: `add_images` validates and
-stores each file and records a `queued` row; after the caller commits, `embed_images` embeds
-the queued rows, upserts their vectors, labels them by k-NN over the reference gallery and
-records the predictions. Both take a session and never commit.
+Uploads are split in two steps so that a queue can sit between them. `add_images` validates
+and stores each file and records a `queued` row. After the caller commits, `embed_images`
+embeds the queued rows, upserts their vectors, labels them by k-NN over the reference gallery
+and records the predictions. Both take a session and never commit.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class UploadedFile:
 
 @dataclass(frozen=True)
 class FileOutcome:
-    """What happened to one uploaded file."""
+    """The outcome of one uploaded file: its image id, status and error."""
 
     filename: str
     image_id: uuid.UUID
@@ -67,8 +67,8 @@ def add_images(session: Session, runtime: Runtime, procedure_id: uuid.UUID, file
 
     A file that is not a readable image becomes a `failed` image with the reason, so the other
     files of the batch still go ahead. A file whose bytes the procedure already has returns the
-    existing image; if that image was readable but its embedding failed (a service was down, a
-    weight file missing), it is queued again, so uploading it again retries it.
+    existing image. If that image was readable but its embedding failed (a service was down, a
+    weight file missing), it is queued again, so that uploading it again retries it.
     """
     outcomes = []
     for upload in files:

@@ -61,16 +61,16 @@ class HeldQueue:
 
 
 def test_coverage_is_pending_until_embedded(settings, runtime, client, site_a, labeled_images):
-    held = HeldQueue()
-    with TestClient(create_app(settings, runtime=runtime, queue=held), headers=site_a.headers) as held_client:
+    held_queue = HeldQueue()
+    with TestClient(create_app(settings, runtime=runtime, queue=held_queue), headers=site_a.headers) as held_client:
         procedure_id = held_client.post("/v1/procedures", json=PROCEDURE).json()["id"]
         paths = class_images(labeled_images, "polyp", 7)[6:7]
         held_client.post(f"/v1/procedures/{procedure_id}/images", files=upload_files(paths))
         pending = held_client.get(f"/v1/procedures/{procedure_id}/coverage").json()
-        run_embedding(runtime, held.image_ids)
+        run_embedding(runtime, held_queue.image_ids)
         done = held_client.get(f"/v1/procedures/{procedure_id}/coverage").json()
 
-    assert len(held.image_ids) == 1
+    assert len(held_queue.image_ids) == 1
     assert pending["landmarks"][0]["status"] == "pending"
     assert done["landmarks"][0]["status"] == "missing"
 
@@ -128,7 +128,7 @@ def test_unknown_landmark_set_is_422(client):
 
 
 def test_missing_weights_is_503_json(settings, labeled_images):
-    """A runtime whose model cannot load answers coverage with a JSON 503, not a bare 500."""
+    """A runtime whose model cannot load returns a JSON 503 for coverage, not a bare 500."""
     from pydantic import SecretStr
 
     from services.runtime import Runtime

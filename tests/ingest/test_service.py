@@ -66,7 +66,7 @@ def test_bad_file_fails_and_batch_goes_on(runtime, gallery, labeled_images):
     assert statuses[outcomes[2].image_id] == ImageStatus.EMBEDDED
 
 
-def test_same_image_twice_keeps_one_row_point_and_prediction(runtime, gallery, labeled_images):
+def test_duplicate_upload_stays_single(runtime, gallery, labeled_images):
     procedure_id = new_procedure(runtime, gallery)
     file = upload(class_images(labeled_images, "normal-cecum", 21)[20])
     with unit_of_work(runtime.sessions) as session:

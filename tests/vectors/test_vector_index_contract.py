@@ -139,12 +139,12 @@ def test_count_of_new_collection_is_zero(index: VectorIndex) -> None:
 
 
 def test_retrieve_returns_unit_vectors_and_payloads(filled_index: VectorIndex, gallery: Gallery) -> None:
-    wanted = [gallery.points[3], gallery.points[100], gallery.points[7]]
+    expected_points = [gallery.points[3], gallery.points[100], gallery.points[7]]
 
-    stored = filled_index.retrieve(COLLECTION, [point.id for point in wanted])
+    stored = filled_index.retrieve(COLLECTION, [point.id for point in expected_points])
 
-    assert [point.id for point in stored] == [point.id for point in wanted]
-    for original, copy in zip(wanted, stored):
+    assert [point.id for point in stored] == [point.id for point in expected_points]
+    for original, copy in zip(expected_points, stored):
         assert copy.vector.dtype == np.float32
         assert copy.vector.shape == (DIM,)
         np.testing.assert_allclose(copy.vector, unit(original.vector), atol=1e-6)

@@ -186,7 +186,7 @@ def check_thumbnail_size(size: int) -> None:
 
 
 def thumbnail_response(runtime: Runtime, row: Image | ReferenceImage, size: int) -> Response:
-    """Answer with a JPEG thumbnail that the browser may cache privately for an hour."""
+    """Return a JPEG thumbnail response that the browser may cache privately for an hour."""
     return Response(
         render_thumbnail(runtime, row, size),
         media_type="image/jpeg",
