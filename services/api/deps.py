@@ -27,7 +27,10 @@ def get_session(request: Request) -> Iterator[Session]:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-SessionDep = Annotated[Session, Depends(get_session)]
+# With scope "function" the session commits when the route returns, before the response is sent.
+# FastAPI's default scope "request" (FastAPI 0.163) commits after sending, so a client could act
+# on a 201 for a write that is not committed yet, or that then fails to commit.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def site_for(session: Session, principal: Principal, site_id: uuid.UUID) -> Site:
