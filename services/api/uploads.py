@@ -58,7 +58,10 @@ async def read_limited_form(request: Request, max_bytes: int, max_files: int, ma
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise ApiError(
-            413, "too_large", f"upload of {declared} bytes exceeds the limit of {max_bytes} bytes (ENDODOC_UPLOAD_MAX_BYTES)"
+            413,
+            "too_large",
+            f"upload of {declared} bytes exceeds the limit of {max_bytes} bytes (ENDODOC_UPLOAD_MAX_BYTES): "
+            "send fewer or smaller files per request",
         )
 
     async def limited_stream() -> AsyncIterator[bytes]:
@@ -67,7 +70,10 @@ async def read_limited_form(request: Request, max_bytes: int, max_files: int, ma
             received += len(chunk)
             if received > max_bytes:
                 raise ApiError(
-                    413, "too_large", f"upload exceeds the limit of {max_bytes} bytes (ENDODOC_UPLOAD_MAX_BYTES)"
+                    413,
+                    "too_large",
+                    f"upload exceeds the limit of {max_bytes} bytes (ENDODOC_UPLOAD_MAX_BYTES): "
+                    "send fewer or smaller files per request",
                 )
             yield chunk
 
@@ -79,7 +85,10 @@ async def read_limited_form(request: Request, max_bytes: int, max_files: int, ma
     except MultiPartException as error:
         if "Too many files" in error.message:
             raise ApiError(
-                413, "too_many_files", f"{error.message} (ENDODOC_UPLOAD_MAX_FILES)", {"max_files": max_files}
+                413,
+                "too_many_files",
+                f"{error.message} (ENDODOC_UPLOAD_MAX_FILES): send at most {max_files} files per request",
+                {"max_files": max_files},
             ) from None
         raise ApiError(422, "invalid_upload", f"invalid multipart body: {error.message}") from None
 
@@ -95,9 +104,15 @@ class CheckedFile:
 
 def check_upload(filename: str, data: bytes, max_pixels: int) -> CheckedFile:
     """Check the format from the bytes, decode the whole image, and return it without metadata."""
+    if not data:
+        return CheckedFile(filename, data, "the file is empty (0 bytes): send the file's content")
     image_format = sniff_format(data)
     if image_format is None:
-        return CheckedFile(filename, data, f"not a JPEG, PNG or TIFF file (first bytes {data[:8].hex() or 'none'})")
+        return CheckedFile(
+            filename,
+            data,
+            f"not a JPEG, PNG or TIFF file (first bytes {data[:8].hex()}): export the image as JPEG, PNG or TIFF",
+        )
     try:
         open_image(data, max_pixels=max_pixels)
         cleaned = strip_metadata(data, image_format)

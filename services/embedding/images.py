@@ -28,7 +28,7 @@ def open_image(data: bytes, *, max_pixels: int, draft_size: int | None = None) -
     which the embedding path uses to save decode time. Raises InvalidImageError.
     """
     if not data:
-        raise InvalidImageError("The file is empty.")
+        raise InvalidImageError("The file is empty (0 bytes): send the file's content.")
 
     with warnings.catch_warnings():
         # Pillow warns above its own pixel limit. The max_pixels check below decides instead.
@@ -40,15 +40,17 @@ def open_image(data: bytes, *, max_pixels: int, draft_size: int | None = None) -
                 f"The file is not a supported image; accepted formats are {', '.join(ALLOWED_FORMATS)}."
             ) from error
         except Image.DecompressionBombError as error:
-            raise InvalidImageError(f"The image is too large to decode: {error}") from error
+            raise InvalidImageError(f"The image is too large to decode ({error}). Downscale the image.") from error
         except (OSError, ValueError, SyntaxError) as error:
-            raise InvalidImageError(f"The image header is invalid: {error}") from error
+            raise InvalidImageError(
+                f"The image header is invalid ({error}). Upload the complete original file again."
+            ) from error
 
         width, height = image.size
         if width * height > max_pixels:
             raise InvalidImageError(
                 f"The image has {width} x {height} = {width * height} pixels, more than the maximum of "
-                f"{max_pixels} (ENDODOC_IMAGE_MAX_PIXELS)."
+                f"{max_pixels} (ENDODOC_IMAGE_MAX_PIXELS). Downscale the image, or raise ENDODOC_IMAGE_MAX_PIXELS."
             )
         if width < 1 or height < 1:
             raise InvalidImageError(f"The image has an invalid size of {width} x {height} pixels.")
@@ -58,7 +60,9 @@ def open_image(data: bytes, *, max_pixels: int, draft_size: int | None = None) -
         try:
             image.load()
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-            raise InvalidImageError(f"The image data is truncated or corrupt: {error}") from error
+            raise InvalidImageError(
+                f"The image data is truncated or corrupt ({error}). Upload the complete original file again."
+            ) from error
 
     return to_rgb(upright(image))
 
