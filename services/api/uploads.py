@@ -140,17 +140,19 @@ def strip_metadata(data: bytes, image_format: str) -> bytes:
 
 
 def _reencode(image: PILImage.Image, image_format: str) -> bytes:
+    """Encode the image upright, then strip the output again, because Pillow copies the source's JPEG comment."""
     image.load()
     upright = ImageOps.exif_transpose(image)
     output = io.BytesIO()
     if image_format == "JPEG":
         rgb = upright if upright.mode in ("RGB", "L", "CMYK") else upright.convert("RGB")
         rgb.save(output, "JPEG", quality=95, icc_profile=image.info.get("icc_profile"))
-    elif image_format == "TIFF":
+        return _strip_jpeg(output.getvalue())
+    if image_format == "TIFF":
         upright.save(output, "TIFF", compression="tiff_lzw")
-    else:
-        upright.save(output, "PNG", icc_profile=image.info.get("icc_profile"))
-    return output.getvalue()
+        return output.getvalue()
+    upright.save(output, "PNG", icc_profile=image.info.get("icc_profile"))
+    return _strip_png(output.getvalue())
 
 
 def _strip_jpeg(data: bytes) -> bytes:
