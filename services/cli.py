@@ -110,9 +110,9 @@ def cmd_gallery_add(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     from sqlalchemy import select
 
+    from services.api.uploads import store_files
     from services.catalog.models import Image, Prediction
     from services.ingest.dispatch import InProcessQueue, make_queue
-    from services.ingest.service import UploadedFile, add_images
 
     paths = _expand_files(args.paths)
     performed_at = datetime.fromisoformat(args.performed_at) if args.performed_at else datetime.now(UTC)
@@ -129,9 +129,8 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
             procedure, _ = get_or_create_procedure(
                 session, site, args.procedure, ProcedureKind(args.kind), args.landmark_set, performed_at
             )
-            outcomes = add_images(
-                session, runtime, procedure.id, [UploadedFile(path.name, path.read_bytes()) for path in paths]
-            )
+            # The same checks as API uploads: JPEG, PNG or TIFF only, fully decoded, stored without metadata.
+            outcomes = store_files(session, runtime, procedure.id, [(path.name, path.read_bytes()) for path in paths])
             procedure_id = procedure.id
         queue.enqueue([outcome.image_id for outcome in outcomes if outcome.status.value == "queued"])
         if isinstance(queue, InProcessQueue):

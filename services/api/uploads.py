@@ -6,8 +6,9 @@ import hashlib
 import io
 import struct
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fastapi import Request
 from PIL import Image as PILImage
@@ -20,7 +21,10 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from services.api.errors import ApiError
 from services.catalog.models import Image, ImageStatus
 from services.embedding import InvalidImageError, open_image
-from services.ingest.service import FileOutcome, UploadedFile
+from services.ingest.service import FileOutcome, UploadedFile, add_images
+
+if TYPE_CHECKING:
+    from services.runtime import Runtime
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "TIFF")
 EXIF_ORIENTATION_TAG = 0x0112
@@ -211,3 +215,18 @@ def record_rejected(session: Session, procedure_id: uuid.UUID, checked: CheckedF
 
 def as_uploaded(checked: CheckedFile) -> UploadedFile:
     return UploadedFile(filename=checked.filename, data=checked.data)
+
+
+def store_files(
+    session: Session, runtime: Runtime, procedure_id: uuid.UUID, received: Sequence[tuple[str, bytes]]
+) -> list[FileOutcome]:
+    """Check (filename, bytes) pairs, record rejected files as `failed` and store the others without metadata."""
+    max_pixels = runtime.settings.image_max_pixels
+    outcomes = []
+    for filename, data in received:
+        checked = check_upload(filename, data, max_pixels)
+        if checked.error is not None:
+            outcomes.append(record_rejected(session, procedure_id, checked))
+        else:
+            outcomes.extend(add_images(session, runtime, procedure_id, [as_uploaded(checked)]))
+    return outcomes
