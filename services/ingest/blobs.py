@@ -13,7 +13,11 @@ class BlobNotFoundError(FileNotFoundError):
 
 
 class BlobStore(Protocol):
-    """Stores bytes under keys derived from their sha256; writing the same key twice is harmless."""
+    """Stores bytes under keys derived from their sha256; writing the same key twice is harmless.
+
+    `put` replaces a stored blob whose bytes differ from the new ones: under a content key that
+    blob is damaged, and uploading the original file again repairs it.
+    """
 
     def put(self, key: str, data: bytes) -> None: ...
 
@@ -43,7 +47,7 @@ class FileBlobStore:
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        if path.exists():
+        if path.exists() and path.read_bytes() == data:
             return
         write_atomically(path, data)
 
