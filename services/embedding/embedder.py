@@ -61,22 +61,32 @@ class Embedder:
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Embed images into a float32 array of shape (len(images), dim) with unit-length rows."""
         rows = [
-            self._embed_batch(images[start : start + self.batch_size])
+            self.embed_inputs(self.preprocess(images[start : start + self.batch_size]))
             for start in range(0, len(images), self.batch_size)
         ]
         if not rows:
             return np.empty((0, self.dim), dtype=np.float32)
         return np.concatenate(rows, axis=0)
 
-    def _embed_batch(self, images: Sequence[Image.Image]) -> np.ndarray:
+    def preprocess(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
+        """Turn images into one input batch per branch, already on the model's device.
+
+        Safe to call from another thread while `embed_inputs` runs, which is how the ingest
+        path overlaps decoding and preprocessing with inference. On CUDA the batch is copied
+        from pinned memory without blocking, so the copy overlaps with the running model.
+        """
         # Branches that share a transform share one preprocessed batch.
         batches: dict[Transform, torch.Tensor] = {}
         for transform in self.transforms:
             if transform not in batches:
                 batch = transform(images).contiguous(memory_format=torch.channels_last)
+                if self.device.type == "cuda":
+                    batch = batch.pin_memory()
                 batches[transform] = batch.to(self.device, non_blocking=True)
-        inputs = [batches[transform] for transform in self.transforms]
+        return [batches[transform] for transform in self.transforms]
 
+    def embed_inputs(self, inputs: Sequence[torch.Tensor]) -> np.ndarray:
+        """Embed the batches made by `preprocess` into a float32 (n, dim) array of unit rows."""
         with torch.inference_mode(), self._autocast():
             embeddings = self.model(inputs)
         return embeddings.float().cpu().numpy()

@@ -92,11 +92,8 @@ def _reindex_references(runtime: Runtime, collection: str, report: ReindexReport
         decoded: list[tuple[uuid.UUID, uuid.UUID | None, str, PILImage.Image]] = []
         for reference_id, site_id, label, key in references[start : start + batch_size]:
             try:
-                picture = open_image(
-                    runtime.blobs.get(key),
-                    max_pixels=runtime.settings.image_max_pixels,
-                    draft_size=runtime.embedder.input_size,
-                )
+                # Decoded in full, as `add_references` decodes them.
+                picture = open_image(runtime.blobs.get(key), max_pixels=runtime.settings.image_max_pixels)
             except (InvalidImageError, BlobNotFoundError, ValueError) as error:
                 report.references_failed.append(f"{reference_id}: {error}")
                 logger.error("reference_reindex_failed", reference_id=str(reference_id), error=str(error))

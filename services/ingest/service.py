@@ -24,6 +24,7 @@ from services.catalog.queries import CatalogError
 from services.coverage.knn import vote
 from services.coverage.landmarks import known_landmark_codes
 from services.embedding import InvalidImageError, open_image
+from services.embedding.pipeline import prepare_ahead
 from services.ingest.blobs import BlobNotFoundError, blob_key
 from services.runtime import Runtime
 from services.vectors import VectorPoint
@@ -144,20 +145,27 @@ def embed_images(
         or (image.status == ImageStatus.EMBEDDED and image.model_version != model_version)
     ]
     embedded = 0
-    for batch in _chunks(todo, runtime.settings.model.batch_size):
-        decoded: list[tuple[Image, PILImage.Image]] = []
-        for image in batch:
-            try:
-                decoded.append((image, _decode_blob(runtime, image.blob_key or "")))
-            except (InvalidImageError, BlobNotFoundError, ValueError) as error:
-                image.status = ImageStatus.FAILED
-                image.error = f"could not be read for embedding: {error}"
-                image.status_changed_at = datetime.now(UTC)
-                logger.warning("image_failed", image_id=str(image.id), error=str(error))
-        if not decoded:
+    # The decoding thread gets each image's blob key, never the ORM object this loop changes.
+    keyed = [(image, image.blob_key or "") for image in todo]
+    prepared_batches = prepare_ahead(
+        _chunks(keyed, runtime.settings.model.batch_size),
+        lambda item: _decode_blob(runtime, item[1]),
+        embedder,
+        errors=(InvalidImageError, BlobNotFoundError, ValueError),
+    )
+    for prepared in prepared_batches:
+        for (image, _), error in prepared.failures:
+            image.status = ImageStatus.FAILED
+            image.error = f"could not be read for embedding: {error}"
+            image.status_changed_at = datetime.now(UTC)
+            logger.warning("image_failed", image_id=str(image.id), error=str(error))
+        if prepared.inputs is None:
+            if progress is not None:
+                progress(len(prepared.failures))
             continue
 
-        vectors = embedder.embed([picture for _, picture in decoded])
+        decoded = prepared.items
+        vectors = embedder.embed_inputs(prepared.inputs)
         site_filters = [site_filter(image.procedure.site_id, include_shared=True) for image, _ in decoded]
         neighbours = [
             runtime.vectors.search(references_collection, vector, coverage.knn_k, where)
@@ -199,7 +207,7 @@ def embed_images(
         session.flush()
         embedded += len(decoded)
         if progress is not None:
-            progress(len(batch))
+            progress(len(decoded) + len(prepared.failures))
     logger.info("images_embedded", count=embedded, model_version=model_version)
     return embedded
 
@@ -258,6 +266,8 @@ def add_references(
             existing = session.scalar(
                 select(ReferenceImage).where(ReferenceImage.site_id == site_id, ReferenceImage.sha256 == digest)
             )
+            # References are decoded in full: they are added once, so speed does not matter,
+            # and the demo's labelling was measured with full-size references (docs/benchmarks.md).
             picture = open_image(item.file.data, max_pixels=runtime.settings.image_max_pixels)
             if existing is not None:
                 existing.label = item.label

@@ -112,7 +112,10 @@ def _query_vector(runtime: Runtime, principal: Principal, body: SearchRequest, f
         checked = check_upload("file", file_data, runtime.settings.image_max_pixels)
         if checked.error is not None:
             raise ApiError(422, "invalid_image", f"query file: {checked.error}")
-        picture = open_image(checked.data, max_pixels=runtime.settings.image_max_pixels)
+        # Decoded as the ingest path decodes stored images, so equal files give equal vectors.
+        picture = open_image(
+            checked.data, max_pixels=runtime.settings.image_max_pixels, draft_size=runtime.embedder.input_size
+        )
         return runtime.embedder.embed([picture])[0], None
 
     assert body.image_id is not None
