@@ -238,7 +238,11 @@ class CeleryQueue:
                     retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2},
                 )
             except BrokerError as error:
-                logger.error("enqueue_failed", image_ids=batch, error=str(error))
+                # The later batches would wait through the same retries, so they are left to reconciliation too.
+                logger.error("enqueue_failed", image_ids=ids[start:], error=str(error),
+                             fix="bring the broker back; reconciliation enqueues images queued longer than "
+                             "ENDODOC_RECONCILE_QUEUED_AFTER_S")
+                return
 
     def close(self) -> None:
         self._app.close()

@@ -84,8 +84,10 @@ async def upload_images(procedure_id: uuid.UUID, request: Request, principal: Pr
         await form.close()
 
     outcomes = await run_in_threadpool(_store_uploads, runtime, procedure_id, received)
-    # A duplicate still queued is enqueued again; embedding skips images already done.
-    request.app.state.queue.enqueue([outcome.image_id for outcome in outcomes if outcome.status == ImageStatus.QUEUED])
+    # A duplicate still queued is enqueued again, and embedding skips images already done. Sending
+    # runs in a worker thread, because it blocks for seconds of retries while the broker is down.
+    queued_ids = [outcome.image_id for outcome in outcomes if outcome.status == ImageStatus.QUEUED]
+    await run_in_threadpool(request.app.state.queue.enqueue, queued_ids)
     body = UploadPublic(procedure_id=procedure_id, images=[outcome.__dict__ for outcome in outcomes])
     if all(outcome.status == ImageStatus.FAILED for outcome in outcomes):
         raise ApiError(
