@@ -10,7 +10,7 @@ from celery import Task
 
 from services.ingest.dispatch import EMBED_TASK, embed_claimed, is_transient
 from services.runtime import Runtime
-from services.settings import get_settings
+from services.settings import Settings, get_settings
 from workers.celery_app import RECONCILE_TASK, app
 
 logger = structlog.get_logger(__name__)
@@ -31,9 +31,16 @@ def worker_runtime() -> Runtime:
         return _runtime
 
 
-def retry_delay_s(retries: int) -> int:
-    """Return the delay before retry number `retries + 1`: 2 s doubling up to RETRY_BACKOFF_MAX_S."""
-    return min(RETRY_BACKOFF_MAX_S, 2 ** (retries + 1))
+def retry_delay_s(retries: int, settings: Settings) -> int:
+    """Return the delay before retry number `retries + 1`: 2 s doubling up to the cap.
+
+    The cap is RETRY_BACKOFF_MAX_S, or less when the visibility timeout requires it. A retried
+    task waits unacknowledged in the worker until its delay ends and then runs for up to the
+    time limit. Redis hands a message unacknowledged for longer than the visibility timeout to
+    a worker again, so a longer delay would start a second copy of the task at each retry.
+    """
+    cap_s = min(RETRY_BACKOFF_MAX_S, settings.resolved_visibility_timeout_s - settings.task_time_limit_s)
+    return max(1, min(cap_s, 2 ** (retries + 1)))
 
 
 @app.task(name=EMBED_TASK, bind=True, max_retries=None)
@@ -43,11 +50,11 @@ def embed_images_task(self: Task, image_ids: list[str]) -> int:
     try:
         return embed_claimed(worker_runtime(), ids)
     except Exception as error:
-        max_retries = worker_runtime().settings.embed_max_retries
-        if not is_transient(error) or self.request.retries >= max_retries:
+        settings = worker_runtime().settings
+        if not is_transient(error) or self.request.retries >= settings.embed_max_retries:
             # The images stay `queued`: reconciliation enqueues them again once the service is back.
             raise
-        delay_s = retry_delay_s(self.request.retries)
+        delay_s = retry_delay_s(self.request.retries, settings)
         logger.warning("embed_task_retry", image_ids=image_ids, retries=self.request.retries, delay_s=delay_s,
                        error=str(error))
         raise self.retry(exc=error, countdown=delay_s) from error
