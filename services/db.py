@@ -11,9 +11,20 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def make_engine(database_url: str) -> Engine:
-    """Create an engine; SQLite gets its folder, foreign keys, and WAL so readers do not wait for writers."""
+# Seconds a new PostgreSQL connection may take. libpq sets no limit of its own, so a server that
+# accepts TCP connections but does not reply held each request for about 130 s in the fault tests.
+DEFAULT_CONNECT_TIMEOUT_S = 10
+
+
+def make_engine(database_url: str, connect_timeout_s: int = DEFAULT_CONNECT_TIMEOUT_S) -> Engine:
+    """Create an engine; SQLite gets its folder, foreign keys, and WAL so readers do not wait for writers.
+
+    A PostgreSQL database gets `connect_timeout_s` (libpq accepts whole seconds, at least 2)
+    unless the URL sets `connect_timeout` itself.
+    """
     url = make_url(database_url)
+    if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
+        return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": connect_timeout_s})
     if url.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
 

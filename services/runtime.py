@@ -28,7 +28,7 @@ class Runtime:
         blobs: BlobStore | None = None,
     ) -> None:
         self.settings = settings
-        self.engine = make_engine(settings.resolved_database_url)
+        self.engine = make_engine(settings.resolved_database_url, settings.database_connect_timeout_s)
         self.sessions: sessionmaker[Session] = make_session_factory(self.engine)
         self.blobs: BlobStore = blobs if blobs is not None else FileBlobStore(settings.resolved_blob_dir)
         self._embedder = embedder

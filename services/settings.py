@@ -73,6 +73,9 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default_factory=default_data_dir)
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; unset: SQLite in data_dir.")
+    database_connect_timeout_s: int = Field(
+        default=10, ge=2, description="Seconds a new PostgreSQL connection may take before the request fails."
+    )
     qdrant_url: str | None = Field(default=None, description="Qdrant server URL; unset: qdrant-edge in data_dir.")
     qdrant_api_key: str | None = None
     qdrant_timeout_s: float = Field(default=10.0, gt=0)
