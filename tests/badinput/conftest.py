@@ -16,6 +16,7 @@ from services.ingest.service import LabeledFile, UploadedFile, add_references
 from tests.api.conftest import GALLERY_PER_CLASS, procedure_body
 from tests.api.conftest import app_client, client, queue, site_a  # noqa: F401 (fixtures)
 from tests.conftest import class_images
+from tests.logging_state import command_logging  # noqa: F401 (fixture)
 
 # The API gallery holds the first GALLERY_PER_CLASS images of each class, so the next one is never a reference.
 FIRST_IMAGE_OUTSIDE_GALLERY = GALLERY_PER_CLASS

@@ -171,7 +171,9 @@ def cli_data_dir(tmp_path, monkeypatch):
     return directory
 
 
-def test_cli_ingest_reports_every_bad_file(cli_data_dir, tmp_path, labeled_images, source_jpeg, good_image, capsys):
+def test_cli_ingest_reports_every_bad_file(
+    cli_data_dir, command_logging, tmp_path, labeled_images, source_jpeg, good_image, capsys
+):
     gallery = tmp_path / "gallery"
     for label in ("normal-cecum", "polyp"):
         (gallery / label).mkdir(parents=True)
