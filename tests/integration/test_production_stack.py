@@ -127,6 +127,7 @@ def test_api_upload_is_embedded_by_worker(stack, production_runtime, worker_fact
     assert production_runtime.vectors.count(images_collection, {"procedure_id": procedure_id}) == 5
 
 
+@pytest.mark.faults
 def test_worker_killed_mid_batch_embeds_each_image_once(stack, production_runtime, worker_factory, labeled_images):
     seed_gallery(production_runtime, labeled_images)
     paths = class_images(labeled_images, "polyp", 40)[GALLERY_PER_CLASS:] + class_images(
