@@ -20,6 +20,9 @@ def configure_logging(level: str | None = None) -> None:
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
         force=True,
     )
+    # Pillow logs every TIFF tag value at DEBUG, and those tags can carry a patient's name and
+    # birth date, so Pillow's loggers stay at INFO or above whatever level is chosen.
+    logging.getLogger("PIL").setLevel(max(logging.getLogger().level, logging.INFO))
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,
