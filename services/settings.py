@@ -41,6 +41,13 @@ class ModelSettings(BaseModel):
     batch_size: int = Field(default=32, ge=1, le=1024)
     device: str = Field(default="auto", description="`auto`, `cpu`, `cuda` or `cuda:N`.")
     num_threads: int | None = Field(default=None, ge=1, description="torch CPU threads; unset keeps torch's default.")
+    precision: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description="Inference precision. `auto`: bfloat16 autocast on CUDA, float32 on CPUs without fast bfloat16.",
+    )
+    compile: bool = Field(
+        default=False, description="Compile the model with torch.compile; docs/benchmarks.md has the measurements."
+    )
 
     def resolved_profile(self) -> ProfileName:
         """Return the configured profile, or pick one from the weight files that are set."""

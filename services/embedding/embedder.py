@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,12 +40,17 @@ class Embedder:
         model_version: str,
         device: torch.device,
         batch_size: int,
+        autocast_dtype: torch.dtype | None = None,
+        forward: Callable[[Sequence[torch.Tensor]], torch.Tensor] | None = None,
     ) -> None:
         self.profile = profile
         self.model = model
         self.model_version = model_version
         self.device = device
         self.batch_size = batch_size
+        self.autocast_dtype = autocast_dtype
+        # The compiled model when ModelSettings.compile is set; it shares the model's weights.
+        self.forward = forward if forward is not None else model
         self.transforms = [Transform.for_branch(spec) for spec in model.specs]
 
     @property
@@ -88,16 +93,13 @@ class Embedder:
     def embed_inputs(self, inputs: Sequence[torch.Tensor]) -> np.ndarray:
         """Embed the batches made by `preprocess` into a float32 (n, dim) array of unit rows."""
         with torch.inference_mode(), self._autocast():
-            embeddings = self.model(inputs)
+            embeddings = self.forward(inputs)
         return embeddings.float().cpu().numpy()
 
     def _autocast(self):
-        # On the 2-core AVX2 build machines a bf16 matrix product ran about 400 times slower than
-        # fp32, so CPUs stay in fp32 and autocast is limited to CUDA.
-        # NOTE: the CUDA path (bf16 autocast, channels-last) has not run in the test suite, which has no GPU.
-        if self.device.type == "cuda":
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return nullcontext()
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
 
 def load_embedder(settings: ModelSettings) -> Embedder:
@@ -115,12 +117,39 @@ def load_embedder(settings: ModelSettings) -> Embedder:
     # Channels-last memory format runs the depthwise convolutions of EfficientNet-Lite0 about
     # 1.6 times faster on a 2-core x86 CPU with torch 2.14, and changes nothing for ViT weights.
     model = loaded.model.to(device=device, memory_format=torch.channels_last).eval()
+    autocast_dtype = resolve_autocast(settings.precision, device)
+    # Compilation happens on the first batch; dynamic shapes keep a short last batch from
+    # compiling the model a second time.
+    forward = torch.compile(model, dynamic=True) if settings.compile else None
     logger.info(
-        "embedder_loaded", profile=loaded.profile, model_version=loaded.version, dim=model.dim, device=str(device)
+        "embedder_loaded",
+        profile=loaded.profile,
+        model_version=loaded.version,
+        dim=model.dim,
+        device=str(device),
+        autocast=str(autocast_dtype) if autocast_dtype is not None else "off",
+        compiled=settings.compile,
     )
     return Embedder(
-        profile=loaded.profile, model=model, model_version=loaded.version, device=device, batch_size=settings.batch_size
+        profile=loaded.profile,
+        model=model,
+        model_version=loaded.version,
+        device=device,
+        batch_size=settings.batch_size,
+        autocast_dtype=autocast_dtype,
+        forward=forward,
     )
+
+
+def resolve_autocast(precision: str, device: torch.device) -> torch.dtype | None:
+    """Return the autocast dtype for a ModelSettings.precision on a device, or None for float32.
+
+    `auto` uses bfloat16 only on CUDA: on the 2-core AVX2 build machines, which lack fast
+    bfloat16 instructions, a bfloat16 matrix product ran about 400 times slower than float32.
+    """
+    if precision == "float32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    return torch.bfloat16
 
 
 @dataclass
