@@ -75,9 +75,8 @@ def test_ingest_service_fails_bad_file_and_embeds_good(
     case, runtime, procedure_uuid, source_jpeg, good_image, monkeypatch
 ):
     with unit_of_work(runtime.sessions) as session:
-        bad, good = add_images(
-            session, runtime, procedure_uuid, [UploadedFile(case.filename, case.data(source_jpeg)), uploaded(good_image)]
-        )
+        files = [UploadedFile(case.filename, case.data(source_jpeg)), uploaded(good_image)]
+        bad, good = add_images(session, runtime, procedure_uuid, files)
 
     assert bad.status == ImageStatus.FAILED
     assert bad.error.startswith("not a readable image: ")

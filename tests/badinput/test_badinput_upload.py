@@ -1,4 +1,4 @@
-"""Bad and unusual uploads through the HTTP API: each file gets its expected outcome, and good files beside it are embedded."""
+"""Bad and unusual uploads through the HTTP API: each file gets its expected outcome, and good files beside it embed."""
 
 from __future__ import annotations
 
@@ -92,7 +92,10 @@ def test_bad_file_beside_good_image(
     response = upload(
         client,
         procedure_id,
-        [(case.filename, case.data(source_jpeg), case.content_type), (good_image.name, good_image.read_bytes(), "image/jpeg")],
+        [
+            (case.filename, case.data(source_jpeg), case.content_type),
+            (good_image.name, good_image.read_bytes(), "image/jpeg"),
+        ],
     )
 
     assert response.status_code == 202, response.text
