@@ -24,14 +24,14 @@ from services.api.schemas import (
     ReviewPublic,
     UploadPublic,
 )
-from services.api.uploads import as_uploaded, check_upload, read_limited_form, record_rejected
+from services.api.uploads import read_limited_form, store_files
 from services.catalog.models import Image, ImageStatus, ReferenceImage
 from services.catalog.promotion import promote_image
 from services.catalog.reviews import image_reviews, latest_reviews, record_review
 from services.db import unit_of_work
 from services.embedding import InvalidImageError, open_image
 from services.ingest.blobs import BlobNotFoundError
-from services.ingest.service import FileOutcome, add_images
+from services.ingest.service import FileOutcome
 from services.runtime import Runtime
 
 router = APIRouter()
@@ -106,16 +106,8 @@ def _check_procedure(runtime: Runtime, principal: Principal, procedure_id: uuid.
 
 def _store_uploads(runtime: Runtime, procedure_id: uuid.UUID, received: list[tuple[str, bytes]]) -> list[FileOutcome]:
     """Check and store the files in one committed transaction, before anything is enqueued."""
-    max_pixels = runtime.settings.image_max_pixels
     with unit_of_work(runtime.sessions) as session:
-        outcomes = []
-        for filename, data in received:
-            checked = check_upload(filename, data, max_pixels)
-            if checked.error is not None:
-                outcomes.append(record_rejected(session, procedure_id, checked))
-            else:
-                outcomes.extend(add_images(session, runtime, procedure_id, [as_uploaded(checked)]))
-        return outcomes
+        return store_files(session, runtime, procedure_id, received)
 
 
 def _image_public(session: Session, image: Image, model_version: str) -> ImagePublic:
