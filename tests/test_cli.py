@@ -10,6 +10,13 @@ import pytest
 
 from services.cli import main
 from tests.conftest import class_images
+from tests.logging_state import command_logging  # noqa: F401 (fixture)
+
+
+@pytest.fixture(autouse=True)
+def restored_logging(command_logging):  # noqa: F811
+    """Every command here configures logging; later tests get the logging they started with."""
+    return command_logging
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import io
 import struct
@@ -106,6 +107,22 @@ class CheckedFile:
     error: str | None = None
 
 
+def describe_content(data: bytes) -> str:
+    """Say whether unrecognised content is text or binary, without quoting any of it.
+
+    The message is stored and logged, and a text file can hold patient data, so not even
+    its first bytes are repeated.
+    """
+    try:
+        # Not final: a character cut at byte 512 is not an error.
+        text = codecs.getincrementaldecoder("utf-8")().decode(data[:512], final=False)
+    except UnicodeDecodeError:
+        return "its content is in an unknown binary format"
+    if all(character.isprintable() or character.isspace() for character in text):
+        return "its content is text, such as an HTML error page"
+    return "its content is in an unknown binary format"
+
+
 def check_upload(filename: str, data: bytes, max_pixels: int) -> CheckedFile:
     """Check the format from the bytes, decode the whole image, and return it without metadata."""
     if not data:
@@ -115,7 +132,7 @@ def check_upload(filename: str, data: bytes, max_pixels: int) -> CheckedFile:
         return CheckedFile(
             filename,
             data,
-            f"not a JPEG, PNG or TIFF file (first bytes {data[:8].hex()}): export the image as JPEG, PNG or TIFF",
+            f"not a JPEG, PNG or TIFF file ({describe_content(data)}): export the image as JPEG, PNG or TIFF",
         )
     try:
         open_image(data, max_pixels=max_pixels)

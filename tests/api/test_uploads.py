@@ -8,7 +8,7 @@ import uuid
 import pytest
 from PIL import Image, PngImagePlugin
 
-from services.api.uploads import sniff_format, strip_metadata
+from services.api.uploads import check_upload, sniff_format, strip_metadata
 from services.catalog.models import Image as ImageRow
 from services.db import unit_of_work
 from tests.api.conftest import procedure_body, upload_files
@@ -193,3 +193,14 @@ def test_thumbnail_is_small_jpeg(client, procedure_id, labeled_images):
     assert response.headers["content-type"] == "image/jpeg"
     assert max(Image.open(io.BytesIO(response.content)).size) == 128
     assert client.get(f"/v1/images/{image_id}/thumbnail?size=100").status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("content", "kind"),
+    [(b"DOE^JANE 1950-01-01 referral letter", "text"), (b"JANE\x00\x01\xff\xfe" * 4, "binary")],
+)
+def test_rejection_of_unknown_content_quotes_none_of_it(content, kind):
+    checked = check_upload("scan.jpg", content, max_pixels=1_000_000)
+
+    assert checked.error is not None and kind in checked.error
+    assert "JANE" not in checked.error and content[:8].hex() not in checked.error
