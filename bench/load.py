@@ -67,18 +67,22 @@ def main() -> None:
             server_info = {"started_here": True, "deployment": "embedded", "references": sum(
                 len(paths) for paths in images.references.values()
             )}
+        completed = False
         try:
             seeded, levels = asyncio.run(loadgen.run_levels(url, key, files, args))
             if server is not None:
                 server_info["peak_rss_mib"] = peak_rss_mib(server.pid)
                 server.check_running()
+            completed = True
         finally:
             if server is not None:
+                alive = server.process.poll() is None
                 server.stop()
                 server_errors = server.log_path.read_text(errors="replace").count("Traceback")
                 server_info["tracebacks_in_log"] = server_errors
-                if server_errors:
-                    print(f"the server log has {server_errors} tracebacks; its end:\n{server.log_tail()}", file=sys.stderr)
+                if server_errors or not completed:
+                    print(f"the server was {'running' if alive else 'gone'}; it logged {server_errors} tracebacks, "
+                          f"and its log ends with:\n{server.log_tail(6000)}", file=sys.stderr)
 
     loadgen.print_table(levels)
     for level in levels:

@@ -36,7 +36,12 @@ from stack import DEFAULT_IMAGES, LANDMARK_SET
 
 OPERATIONS = ("upload", "coverage", "search", "search_file")
 REQUEST_TIMEOUT_S = 300
+# Below uvicorn's default keep-alive timeout of 5 s (uvicorn 0.54), so the client drops an idle
+# connection before the server closes it. With httpx's default of 5 s, the polls after a run
+# at concurrency 32 failed with ReadError about 20 times, on connections the server had closed.
+KEEPALIVE_EXPIRY_S = 2.0
 POLL_INTERVAL_S = 0.5
+POLL_ATTEMPTS = 3
 LIST_PAGE = 500
 
 
@@ -134,6 +139,8 @@ class Workload:
     procedures: list[str] = field(default_factory=list)
     search_ids: list[str] = field(default_factory=list)
     procedure_counter: int = 0
+    # Failed attempts of the embedding checks, which are retried and not counted as load errors.
+    poll_failures: list[str] = field(default_factory=list)
 
 
 def read_files(paths: list[Path]) -> list[tuple[str, bytes]]:
@@ -145,7 +152,7 @@ def make_client(url: str, key: str) -> httpx.AsyncClient:
         base_url=url,
         headers={"Authorization": f"Bearer {key}"},
         timeout=REQUEST_TIMEOUT_S,
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=None, keepalive_expiry=KEEPALIVE_EXPIRY_S),
     )
 
 
@@ -274,10 +281,28 @@ async def run_clients(
     return run, time.perf_counter() - start
 
 
+async def get_with_retries(workload: Workload, url: str, params: dict) -> dict:
+    """GET a JSON body for the embedding checks, retrying transport errors and 5xx up to POLL_ATTEMPTS times."""
+    for attempt in range(1, POLL_ATTEMPTS + 1):
+        try:
+            response = await workload.client.get(url, params=params)
+        except httpx.TransportError as error:
+            failure = f"{type(error).__name__}: {error}"
+        else:
+            if response.status_code < 500:
+                response.raise_for_status()
+                return response.json()
+            failure = f"HTTP {response.status_code}: {response.text[:300]}"
+        workload.poll_failures.append(failure)
+        if attempt == POLL_ATTEMPTS:
+            raise SystemExit(f"GET {url} failed {POLL_ATTEMPTS} times while checking the embedding; last: {failure}")
+        await asyncio.sleep(attempt)
+    raise AssertionError("unreachable")
+
+
 async def queued_count(workload: Workload, procedure_id: str) -> int:
-    response = await workload.client.get(f"/v1/procedures/{procedure_id}/images", params={"status": "queued", "limit": 1})
-    response.raise_for_status()
-    return response.json()["total"]
+    page = await get_with_retries(workload, f"/v1/procedures/{procedure_id}/images", {"status": "queued", "limit": 1})
+    return page["total"]
 
 
 async def image_statuses(workload: Workload, procedure_id: str) -> dict[str, tuple[str, str | None]]:
@@ -285,11 +310,9 @@ async def image_statuses(workload: Workload, procedure_id: str) -> dict[str, tup
     statuses = {}
     offset = 0
     while True:
-        response = await workload.client.get(
-            f"/v1/procedures/{procedure_id}/images", params={"limit": LIST_PAGE, "offset": offset}
+        page = await get_with_retries(
+            workload, f"/v1/procedures/{procedure_id}/images", {"limit": LIST_PAGE, "offset": offset}
         )
-        response.raise_for_status()
-        page = response.json()
         statuses.update({item["id"]: (item["status"], item["error"]) for item in page["items"]})
         offset += LIST_PAGE
         if offset >= page["total"]:
@@ -323,6 +346,7 @@ async def wait_embedded(workload: Workload, run: Run, started_at: float, timeout
         "final_status": dict(sorted(final.items())),
         "lost_images": final.get("missing", 0) + final.get("queued", 0),
         "errors": dict(errors.most_common(5)),
+        "poll_failures": list(workload.poll_failures),
         "timed_out": bool(waiting),
         "wait_s": round(done_at - started_at, 2),
     }
