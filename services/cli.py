@@ -154,6 +154,11 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         duplicate = " (already in the procedure)" if outcome.duplicate else ""
         print(f"{outcome.filename}: image {image.id} {image.status.value}{label}{duplicate}{detail}")
     print(f"procedure {procedure_id}")
+    failed = sum(images[outcome.image_id].status.value == "failed" for outcome in outcomes)
+    if failed:
+        # A script must see that not every file went in, as the API's per-file statuses show it.
+        print(f"{failed} of {len(outcomes)} files failed; fix or replace them and run the command again", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -62,6 +62,12 @@ class Principal:
 def authenticate(request: Request, secret: str | None) -> Principal:
     """Return the principal of a key, or raise 401."""
     if not secret:
+        header = request.headers.get("authorization", "").strip()
+        if header and not header.lower().startswith("bearer "):
+            # The header's value is a secret: name only its form, never repeat it.
+            raise ApiError(
+                401, "unauthorized", "the Authorization header lacks the `Bearer ` prefix: send `Authorization: Bearer KEY`"
+            )
         raise ApiError(401, "unauthorized", "missing API key: send the header `Authorization: Bearer KEY`")
     settings = request.app.state.runtime.settings
     admin = settings.admin_api_key.get_secret_value() if settings.admin_api_key is not None else None

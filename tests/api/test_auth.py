@@ -23,6 +23,14 @@ def test_missing_key_is_401(app_client):
     assert "Authorization: Bearer" in response.json()["error"]["message"]
 
 
+def test_key_without_bearer_prefix_is_401_naming_the_prefix(app_client, site_a):
+    response = app_client.get("/v1/procedures", headers={"Authorization": site_a.key})
+    assert response.status_code == 401
+    message = response.json()["error"]["message"]
+    assert "lacks the `Bearer ` prefix" in message
+    assert site_a.key not in message
+
+
 def test_wrong_key_is_401(app_client):
     response = app_client.get("/v1/procedures", headers={"Authorization": "Bearer edk_not-a-real-key"})
     assert response.status_code == 401

@@ -141,12 +141,12 @@ REJECTED = (
     ),
     Case(
         "text-as-jpeg", "notes.jpg", "image/jpeg", lambda _: TEXT_FILE, "rejected",
-        ("not a JPEG, PNG or TIFF", TEXT_FILE[:8].hex()), "export the image as JPEG, PNG or TIFF",
+        ("not a JPEG, PNG or TIFF", "content is text"), "export the image as JPEG, PNG or TIFF",
         ("not a supported image",), "accepted formats are JPEG, PNG, TIFF",
     ),
     Case(
         "html-as-jpeg", "gateway-error.jpg", "image/jpeg", lambda _: HTML_PAGE, "rejected",
-        ("not a JPEG, PNG or TIFF", HTML_PAGE[:8].hex()), "export the image as JPEG, PNG or TIFF",
+        ("not a JPEG, PNG or TIFF", "content is text"), "export the image as JPEG, PNG or TIFF",
         ("not a supported image",), "accepted formats are JPEG, PNG, TIFF",
     ),
     Case(

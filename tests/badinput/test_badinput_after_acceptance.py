@@ -189,9 +189,11 @@ def test_cli_ingest_reports_every_bad_file(
     capsys.readouterr()
     names = [case.filename for case in REJECTED] + [good_image.name]
     assert main(["ingest", *[str(files / name) for name in names], "--site", "cli-bad-input",
-                 "--procedure", "CLI-BAD-1", "--landmark-set", "hyperkvasir-lower-gi"]) == 0
+                 "--procedure", "CLI-BAD-1", "--landmark-set", "hyperkvasir-lower-gi"]) == 1
 
-    lines = {line.split(": ", 1)[0]: line for line in capsys.readouterr().out.splitlines() if ": image " in line}
+    output = capsys.readouterr()
+    assert f"{len(REJECTED)} of {len(names)} files failed" in output.err
+    lines = {line.split(": ", 1)[0]: line for line in output.out.splitlines() if ": image " in line}
     assert set(lines) == set(names)
     for case in REJECTED:
         assert re.search(r": image [0-9a-f-]{36} failed: ", lines[case.filename]), lines[case.filename]
