@@ -118,9 +118,10 @@ def load_embedder(settings: ModelSettings) -> Embedder:
     # 1.6 times faster on a 2-core x86 CPU with torch 2.14, and changes nothing for ViT weights.
     model = loaded.model.to(device=device, memory_format=torch.channels_last).eval()
     autocast_dtype = resolve_autocast(settings.precision, device)
-    # Compilation happens on the first batch; dynamic shapes keep a short last batch from
-    # compiling the model a second time.
-    forward = torch.compile(model, dynamic=True) if settings.compile else None
+    # Compilation happens on the first batch, and once more for the first batch of another
+    # size, after which torch compiles for dynamic shapes. Compiling with dynamic=True from
+    # the start did not finish within 20 minutes on the 2-core build machine.
+    forward = torch.compile(model) if settings.compile else None
     logger.info(
         "embedder_loaded",
         profile=loaded.profile,
