@@ -2,8 +2,8 @@
 
 The raw forward pass on preprocessed batches is the limit for the ingest path. The full path
 decodes the JPEG bytes (at reduced DCT scale), resizes, normalises and embeds, with the same
-batch size, once one stage after the other and once with the product's pipeline, which
-prepares the next batch in a background thread (services/embedding/pipeline.py). The three
+batch size. It runs once with one stage after the other, and once through the product's
+pipeline, which prepares the next batch in a background thread (services/embedding/pipeline.py). The three
 modes alternate within each round, so machine load hits all of them alike, and the table
 reports the median over rounds.
 

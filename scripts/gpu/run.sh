@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Embedding throughput on a lent GPU machine: the measurements issue 8 asks of the CUDA path.
+# Embedding throughput on a lent GPU machine: float32 against bfloat16, eager against compiled.
 #
 # Runs bench/embedding_throughput.py for the `lite` profile (real weights) and the
 # `dinov2-gastronet` profile (random weights of the same architecture: the speed is the same),

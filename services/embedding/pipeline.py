@@ -2,7 +2,7 @@
 
 Decoding a JPEG and resizing it take a few milliseconds per image, the model tens of
 milliseconds on a CPU. Done one after the other, the decode time is lost from the model's
-throughput; in a second thread it overlaps with inference, because Pillow and NumPy release
+throughput. In a second thread it overlaps with inference, because Pillow and NumPy release
 the GIL while they work. One thread and one batch ahead are enough: the model is the slower
 stage, and more threads would only take cores from torch.
 """

@@ -46,7 +46,9 @@ def test_unreadable_items_are_reported_and_the_rest_embedded(lite_embedder, imag
     assert [item for item, _ in first.failures] == [broken]
     assert isinstance(first.failures[0][1], InvalidImageError)
     assert lite_embedder.embed_inputs(first.inputs).shape == (2, lite_embedder.dim)
-    assert second.items == [] and second.inputs is None and len(second.failures) == 1
+    assert second.items == []
+    assert second.inputs is None
+    assert len(second.failures) == 1
 
 
 def test_unexpected_errors_are_raised_to_the_consumer(lite_embedder, image_files):
@@ -60,7 +62,7 @@ def test_unexpected_errors_are_raised_to_the_consumer(lite_embedder, image_files
         list(prepare_ahead(batches, read, lite_embedder, errors=(InvalidImageError,)))
 
 
-def test_reading_runs_in_a_background_thread_one_batch_ahead(lite_embedder, image_files):
+def test_reads_one_batch_ahead_in_thread(lite_embedder, image_files):
     threads: set[str] = set()
     read_count = 0
 
@@ -73,7 +75,7 @@ def test_reading_runs_in_a_background_thread_one_batch_ahead(lite_embedder, imag
     batches = [[data] for data in image_files[:4]]
     iterator = prepare_ahead(batches, read, lite_embedder, errors=())
     next(iterator)
-    # The consumer holds the first batch while the second is prepared; nothing further is read.
+    # While the consumer works on the first batch, only the second is prepared; nothing further is read.
     iterator.close()
 
     assert threads and all(name.startswith("endodoc-decode") for name in threads)
