@@ -23,14 +23,22 @@ def make_engine(database_url: str, connect_timeout_s: int = DEFAULT_CONNECT_TIME
     unless the URL sets `connect_timeout` itself.
     """
     url = make_url(database_url)
+    # NOTE: PostgreSQL keeps SQLAlchemy's capped pool (5 plus 10 overflow connections), where the
+    # wait described for SQLite below can still happen under load. The API then returns 503.
     if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
         return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": connect_timeout_s})
     if url.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
 
+    pool_options = {}
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # No cap on overflow connections, so a checkout never waits for the pool. A sync route
+        # keeps its connection until FastAPI (0.163) has validated the response in its thread
+        # pool. With a capped pool, the requests in every pool thread could wait for connections
+        # that belong to requests waiting for a thread. Under load that ended in 30 s timeouts.
+        pool_options["max_overflow"] = -1
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool_options)
 
     @event.listens_for(engine, "connect")
     def _configure_sqlite(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
