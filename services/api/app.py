@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.api.errors import ERROR_RESPONSES, ApiError, error_response
@@ -130,6 +131,15 @@ def _add_error_handlers(app: FastAPI) -> None:
         logger.error("database_unavailable", path=request.url.path, error=str(error.orig))
         return error_response(
             503, "database_unavailable", "the catalog database is unavailable; retry later or check ENDODOC_DATABASE_URL"
+        )
+
+    @app.exception_handler(PoolTimeoutError)
+    async def handle_pool_timeout(request: Request, error: PoolTimeoutError) -> JSONResponse:
+        # Every pooled connection stayed checked out for the pool timeout: the server is overloaded,
+        # so the client should retry later. It is no server fault worth a traceback.
+        logger.warning("database_pool_exhausted", path=request.url.path, error=str(error))
+        return error_response(
+            503, "database_busy", "every catalog database connection is in use; retry the request in a few seconds"
         )
 
     @app.exception_handler(Exception)
