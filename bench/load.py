@@ -41,11 +41,23 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--key", help="site key for --url (a server started here gets its own)")
     loadgen.add_load_arguments(parser)
     parser.add_argument("--json", type=Path, help="write the report as JSON to this file")
+    parser.add_argument("--server-log", type=Path, help="copy the log of a server started here to this file")
     args = parser.parse_args()
     if args.url and not args.key:
         parser.error("--url needs --key, a site key of the running server")
     loadgen.check_load_arguments(parser, args)
     return args
+
+
+def first_traceback(log: str) -> str:
+    """Return the first Python traceback in a server log, up to the next access log line."""
+    start = log.find("Traceback")
+    lines = []
+    for line in log[start:].splitlines():
+        if line.startswith("INFO:") and lines:
+            break
+        lines.append(line)
+    return "\n".join(lines[:80])
 
 
 def main() -> None:
@@ -78,11 +90,17 @@ def main() -> None:
             if server is not None:
                 alive = server.process.poll() is None
                 server.stop()
-                server_errors = server.log_path.read_text(errors="replace").count("Traceback")
+                log = server.log_path.read_text(errors="replace")
+                if args.server_log:
+                    args.server_log.write_text(log, encoding="utf-8")
+                server_errors = log.count("Traceback")
                 server_info["tracebacks_in_log"] = server_errors
-                if server_errors or not completed:
-                    print(f"the server was {'running' if alive else 'gone'}; it logged {server_errors} tracebacks, "
-                          f"and its log ends with:\n{server.log_tail(6000)}", file=sys.stderr)
+                if server_errors:
+                    print(f"the server logged {server_errors} tracebacks; the first one:\n{first_traceback(log)}",
+                          file=sys.stderr)
+                if not completed:
+                    print(f"the server was {'running' if alive else 'gone'}; its log ends with:\n{server.log_tail(6000)}",
+                          file=sys.stderr)
 
     loadgen.print_table(levels)
     for level in levels:
@@ -92,7 +110,7 @@ def main() -> None:
         "command": " ".join(sys.argv),
         "started_at": started.isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "settings": {name: value for name, value in vars(args).items() if name not in ("key", "json")} | {
+        "settings": {name: value for name, value in vars(args).items() if name not in ("key", "json", "server_log")} | {
             "images": str(args.images), "upload_files": len(files)},
         "server": server_info,
         "seed": seeded,

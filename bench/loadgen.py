@@ -37,8 +37,7 @@ from stack import DEFAULT_IMAGES, LANDMARK_SET
 OPERATIONS = ("upload", "coverage", "search", "search_file")
 REQUEST_TIMEOUT_S = 300
 # Below uvicorn's default keep-alive timeout of 5 s (uvicorn 0.54), so the client drops an idle
-# connection before the server closes it. With httpx's default of 5 s, the polls after a run
-# at concurrency 32 failed with ReadError about 20 times, on connections the server had closed.
+# connection before the server can close it. httpx's default expiry is also 5 s.
 KEEPALIVE_EXPIRY_S = 2.0
 POLL_INTERVAL_S = 0.5
 POLL_ATTEMPTS = 3
