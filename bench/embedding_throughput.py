@@ -62,7 +62,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def read_images(folder: Path, count: int) -> list[bytes]:
     paths = sorted(folder.rglob("*.jpg"))
     if len(paths) < count:
-        raise SystemExit(f"{folder} holds {len(paths)} JPEG files, fewer than --count {count}")
+        raise SystemExit(f"{folder} contains {len(paths)} JPEG files, fewer than --count {count}")
     # Every k-th file, so all classes of a class-per-folder layout take part.
     step = len(paths) // count
     return [path.read_bytes() for path in paths[::step][:count]]

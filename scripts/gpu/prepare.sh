@@ -32,7 +32,7 @@ python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3
 rm -rf .gpu-images && mkdir .gpu-images
 mapfile -t files < <(find "$images" -name '*.jpg' | sort)
 if (( ${#files[@]} < count )); then
-  echo "prepare.sh: $images holds ${#files[@]} JPEG files, fewer than $count" >&2
+  echo "prepare.sh: $images contains ${#files[@]} JPEG files, fewer than $count" >&2
   exit 1
 fi
 step=$(( ${#files[@]} / count ))

@@ -23,7 +23,7 @@ def test_missing_key_is_401(app_client):
     assert "Authorization: Bearer" in response.json()["error"]["message"]
 
 
-def test_key_without_bearer_prefix_is_401_naming_the_prefix(app_client, site_a):
+def test_key_without_bearer_prefix(app_client, site_a):
     response = app_client.get("/v1/procedures", headers={"Authorization": site_a.key})
     assert response.status_code == 401
     message = response.json()["error"]["message"]
